@@ -48,6 +48,16 @@ def test_dice_sums_over_the_batch():
     assert dice_loss(p, t, smooth=0.0).item() == pytest.approx(1 - 3.0 / 3.7, rel=1e-6)
 
 
+def test_dice_clamps_raw_predictions_to_unit_range():
+    # raw p = [-3, 0.5, 1.4, 0.2] -> [0, 0.5, 1, 0.2]: sum(p t) = 1.5, sum p = 1.7, sum t = 2
+    raw = torch.tensor([-3.0, 0.5, 1.4, 0.2]).view(1, 1, 2, 2).requires_grad_(True)
+    loss = dice_loss(raw, TARGET, smooth=0.0)
+    assert loss.item() == pytest.approx(1 - 3.0 / 3.7, rel=1e-6)
+    # unclamped, the negative voxel would shrink the denominator: 1 - 2*1.9/(-0.9 + 2) < 0
+    loss.backward()
+    assert raw.grad.flatten()[0] == 0 and raw.grad.flatten()[2] == 0 and raw.grad.flatten()[1] < 0
+
+
 def test_combined():
     dice = 1 - (3.0 + 1e-5) / (3.7 + 1e-5)
     value = combined_loss(PRED, TARGET, dice_weight=1.0, recon_weight=2.0, recon_loss_type="l1",

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from plugins.autoencoder.cli import resolve_config
 from plugins.autoencoder.models import load_autoencoder
+from plugins.autoencoder.perceptual import HUB_REPO_FOLDER, build_perceptual_loss
 from plugins.autoencoder.trainer import AutoencoderTrainer
 from plugins.common.errors import InputError, run_main
 from plugins.common.run_log import read_jsonl
@@ -18,6 +21,8 @@ from plugins.data.filaments import write_filament_set
 from scripts.train_autoencoder import main
 
 torch.set_num_threads(1)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ["--autoencoder.num_channels", "[4, 8]", "--autoencoder.attention_levels", "[false, false]",
         "--autoencoder.norm_num_groups", "4", "--autoencoder.latent_channels", "2",
@@ -156,3 +161,79 @@ def test_unknown_yaml_key_mixed_shapes_and_empty_threshold(filaments, tmp_path, 
     run(["--data_dir", filaments, "--out_dir", out, "--max_steps", "1", *TINY,
          "--autoencoder.training.loss.combined.threshold", "5.0"])
     assert "warning: threshold 5.0: the first batch has no foreground voxel" in capsys.readouterr().err
+
+
+HUBCONF = '''dependencies = ["torch"]
+import os
+import torch
+
+
+def medicalnet_resnet10_23datasets(cache_dir=None):
+    """A small 3D feature network whose weights come from a local file, as the real hub entry loads its own."""
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv3d(4, 8, 3, stride=2, padding=1))
+    state = torch.load(os.path.join(cache_dir, "medicalnet_resnet_10_23dataset.pth"), weights_only=True)
+    net.load_state_dict({k.replace("module.", ""): v for k, v in state["state_dict"].items()})
+    return net
+'''
+
+
+@pytest.fixture
+def local_hub(tmp_path):
+    """A torch-hub folder as MONAI's PerceptualLoss(cache_dir=...) leaves it: the hub repo and a weights file."""
+    folder = tmp_path / "hub"
+    repo = folder / HUB_REPO_FOLDER
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(HUBCONF)
+    torch.manual_seed(3)
+    state = {f"module.{k}": v for k, v in torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 8, 3, stride=2, padding=1)
+    ).state_dict().items()}
+    torch.save({"state_dict": state}, folder / "medicalnet_resnet_10_23dataset.pth")
+    return str(folder), state
+
+
+def test_perceptual_loss_loads_local_weights_offline(local_hub):
+    folder, state = local_hub
+    hub_dir = torch.hub.get_dir()
+    pcfg = {"network": "medicalnet_resnet10_23datasets", "weights": folder, "is_fake_3d": False,
+            "fake_3d_ratio": 0.5}
+    loss = build_perceptual_loss(3, 0.001, pcfg)
+    assert torch.hub.get_dir() == hub_dir and "HF_HUB_OFFLINE" not in os.environ
+    loaded = loss.perceptual_function.model.state_dict()
+    assert all(torch.equal(loaded[k.replace("module.", "")], v) for k, v in state.items())
+    assert not any(p.requires_grad for p in loss.parameters())
+    x = torch.rand(1, 1, 8, 8, 8, requires_grad=True)
+    y = torch.rand(1, 1, 8, 8, 8)
+    assert loss(y, y).item() == pytest.approx(0.0, abs=1e-6)
+    value = loss(x, y)
+    value.backward()
+    assert value.item() > 0 and x.grad.abs().sum() > 0
+
+
+def test_training_with_local_perceptual_weights_logs_the_term(filaments, local_hub, tmp_path):
+    out = str(tmp_path / "run")
+    run(["--data_dir", filaments, "--out_dir", out, "--max_steps", "2", *TINY,
+         "--autoencoder.training.perceptual_weight", "0.001", "--autoencoder.training.perceptual.weights",
+         local_hub[0]])
+    steps = read_jsonl(os.path.join(out, "metrics_step.jsonl"))
+    assert all(r["perceptual_loss"] > 0 for r in steps)
+
+
+@pytest.mark.parametrize("variant", ["l1", "weighted", "combined"])
+def test_comparison_script_fast_dev_run(variant, filaments, tmp_path):
+    """config/run_train_autoencoder_<variant>.sh end to end with FAST_DEV_RUN=true (tiny model via extra flags)."""
+    out = tmp_path / variant
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": filaments, "OUT_DIR": str(out),
+           "FAST_DEV_RUN": "true"}
+    done = subprocess.run(["bash", f"config/run_train_autoencoder_{variant}.sh", *TINY,
+                           "--autoencoder.training.fast_dev_run_batches", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert config["autoencoder.training.loss.reconstruction_loss_type"] == variant
+    assert config["autoencoder.training.fast_dev_run"] is True and config["autoencoder.training.perceptual_weight"] == 0
+    steps = read_jsonl(str(out / "metrics_step.jsonl"))
+    assert [r["step"] for r in steps] == list(range(1, 7))  # 3 epochs x 2 batches
+    assert (out / "summary.json").is_file() and (out / "autoencoder").is_dir()

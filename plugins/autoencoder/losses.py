@@ -7,8 +7,11 @@ All functions take ``pred`` and ``target`` of the same shape [B, C, *spatial]
 - ``weighted``: mean(w * e), e = |p - t| or (p - t)^2, w = foreground_weight on
   foreground voxels and background_weight elsewhere.
 - ``dice``: 1 - (2 sum(p t) + smooth) / (sum p + sum t + smooth), sums over the
-  whole batch (MONAI ``DiceLoss(batch=True)``), p = sigmoid(pred) if ``sigmoid``;
-  a soft Dice on intensities, so the target need not be binary.
+  whole batch (MONAI ``DiceLoss(batch=True)``), p = sigmoid(pred) if ``sigmoid``
+  else clamp(pred, 0, 1), t = clamp(target, 0, 1); a soft Dice on intensities,
+  so the target need not be binary. The clamp keeps Dice in [0, 1]: on raw
+  predictions, negative background shrinks the denominator and pushes the
+  "loss" below zero (measured: -11.5 after 30 steps of ``combined``).
 - ``combined``: dice_weight * dice + recon_weight * weighted.
 - ``kl_loss``: KL(N(mu, sigma^2) || N(0, 1)) summed over latent voxels, mean over the batch.
 
@@ -77,12 +80,17 @@ def weighted_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, loss_
 
 
 def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, sigmoid: bool = False) -> torch.Tensor:
-    """1 - (2 sum(p t) + smooth) / (sum p + sum t + smooth), sums over batch and voxels (MONAI DiceLoss)."""
+    """1 - (2 sum(p t) + smooth) / (sum p + sum t + smooth), sums over batch and voxels (MONAI DiceLoss).
+
+    p = sigmoid(pred) if ``sigmoid`` else clamp(pred, 0, 1); t = clamp(target, 0, 1). Clamped voxels
+    get no gradient from Dice (the pixel term of ``combined`` still pulls them back).
+    """
     _check_pair(pred, target)
     if smooth < 0:
         raise InputError(f"smooth: expected a value >= 0, got {smooth}")
-    loss = DiceLoss(sigmoid=sigmoid, smooth_nr=smooth, smooth_dr=smooth, batch=True, reduction="mean")
-    return loss(pred, target)
+    p = torch.sigmoid(pred) if sigmoid else pred.clamp(0.0, 1.0)
+    loss = DiceLoss(smooth_nr=smooth, smooth_dr=smooth, batch=True, reduction="mean")
+    return loss(p, target.clamp(0.0, 1.0))
 
 
 def combined_loss_terms(pred: torch.Tensor, target: torch.Tensor, recon_loss_type: str = "l1",

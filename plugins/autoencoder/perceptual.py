@@ -19,7 +19,9 @@ random weights are no perceptual metric, so ``perceptual_weight > 0`` needs
 from __future__ import annotations
 
 import os
+import warnings
 
+import torch
 from monai.losses import PerceptualLoss
 from monai.losses.perceptual import PerceptualNetworkType
 
@@ -70,15 +72,18 @@ def build_perceptual_loss(spatial_dims: int, weight: float, pcfg: dict):
         if not os.path.isdir(os.path.join(weights, HUB_REPO_FOLDER)):
             raise InputError(f"{_FIELD}.weights: {weights!r} has no {HUB_REPO_FOLDER}/; {_how_to(network)}")
         kwargs = dict(cache_dir=weights)
-    previous = os.environ.get("HF_HUB_OFFLINE")
+    previous, hub_dir = os.environ.get("HF_HUB_OFFLINE"), torch.hub.get_dir()
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        loss = PerceptualLoss(spatial_dims=spatial_dims, network_type=network, is_fake_3d=pcfg["is_fake_3d"],
-                              fake_3d_ratio=pcfg["fake_3d_ratio"], **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting cache_dir")  # restored below
+            loss = PerceptualLoss(spatial_dims=spatial_dims, network_type=network, is_fake_3d=pcfg["is_fake_3d"],
+                                  fake_3d_ratio=pcfg["fake_3d_ratio"], **kwargs)
     except Exception as err:  # noqa: BLE001 - any failure to load local weights is a bad input
         raise InputError(f"{_FIELD}.weights: cannot load {network} from {weights!r} offline "
                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     finally:
+        torch.hub.set_dir(hub_dir)  # MONAI sets it globally to cache_dir
         if previous is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
