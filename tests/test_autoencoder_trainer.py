@@ -133,6 +133,7 @@ def test_perceptual_loss_without_weights_is_refused(filaments, tmp_path, capsys)
     (["--autoencoder.training.loss.reconstruction_loss_type", "focal"], "reconstruction_loss_type: expected one of"),
     (["--autoencoder.training.loss.weighted.foreground_weight", "-2"], "foreground_weight: expected a value >= 0"),
     (["--resume_checkpoint", "no/such/checkpoint-9"], "resume_from_checkpoint: 'no/such/checkpoint-9' is not a"),
+    (["--autoencoder.num_channels", "8,16"], r"autoencoder.num_channels: expected a list such as \[32, 64, 128\]"),
     (["--data.crop_size", "9"], r"data.crop_size: the training size \(9, 9, 9\) must be divisible by 2"),
 ])
 def test_bad_flags_exit_2_with_one_line(filaments, tmp_path, capsys, extra, message):

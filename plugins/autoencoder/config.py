@@ -191,7 +191,8 @@ def validate(cfg: dict) -> dict:
         elif isinstance(default, str) and not isinstance(value, str):
             raise InputError(f"{path}: expected a string, got {value!r}")
         elif isinstance(default, list) and not isinstance(value, list):
-            raise InputError(f"{path}: expected a list, got {value!r}")
+            raise InputError(f"{path}: expected a list such as {default!r} (on the command line quoted, "
+                             f"'[8, 16]'), got {value!r}")
     ae = cfg["autoencoder"]
     if len(ae["attention_levels"]) != len(ae["num_channels"]):
         raise InputError(f"autoencoder.attention_levels: expected {len(ae['num_channels'])} entries "
