@@ -3,7 +3,8 @@
 Modules: ``heads`` (calibration and classification heads, the opt-in ``segdiff_forward``),
 ``losses`` (focal, Dice, uncertainty weighting), ``objective`` (the per-sample total loss),
 ``gradients`` (task-gradient probe, PCGrad), ``stages``, ``validation`` (per-epoch metrics),
-``sampling`` (ensembles, STAPLE), ``plugin`` (flags and the :class:`SlicePlugin`).
+``sampling`` (ensembles, STAPLE), ``evaluation`` (a checkpoint's scores and outputs, behind
+``scripts/segmentation_sample_v2.py``), ``plugin`` (flags and the :class:`SlicePlugin`).
 """
 
 from plugins.segdiff.heads import (CalibrationHead, ClassificationHead, attach_segdiff, calibration_map,
