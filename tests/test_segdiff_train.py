@@ -106,6 +106,18 @@ def test_sampling_ensemble_staple_and_grades(load_script, runs, tmp_path):
     assert {"per_slice.csv", "per_volume.csv", "grid.png"} <= set(os.listdir(out))
 
 
+def test_ancestral_sampling_is_reproducible_by_seed(load_script, runs, tmp_path):
+    tables = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert _run(load_script, "segmentation_sample_v2", "--model_path", runs["joint"] / "model000002.pt",
+                    "--num_ensemble", "2", "--timestep_respacing", "3", "--num_eval_cases", "1", "--batch_size",
+                    "32", "--out_dir", out, "--num_res_blocks", "1", "--seed", "5") == 0
+        assert json.loads((out / "metrics.json").read_text())["sampler"] == "ancestral"
+        tables.append((out / "per_slice.csv").read_text())
+    assert tables[0] == tables[1]
+
+
 def _error(capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1

@@ -131,8 +131,12 @@ class SubjectSamples:
 
 
 def collect_samples(model, diffusion, dataset, args, use_ddim: bool) -> tuple[dict, float]:
-    """``({subject: SubjectSamples}, seconds spent sampling)``: ``--num_ensemble`` masks for every slice."""
+    """``({subject: SubjectSamples}, seconds spent sampling)``: ``--num_ensemble`` masks for every slice.
+
+    ``--seed`` seeds x_T and torch's global generator, which upstream's ancestral steps draw from.
+    """
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
+    torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     device = next(model.parameters()).device
     per_subject: dict = {}
