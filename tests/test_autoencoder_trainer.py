@@ -16,6 +16,7 @@ from plugins.autoencoder.models import load_autoencoder
 from plugins.autoencoder.perceptual import HUB_REPO_FOLDER, build_perceptual_loss
 from plugins.autoencoder.trainer import AutoencoderTrainer
 from plugins.common.errors import InputError, run_main
+from plugins.latent_sr import codec
 from plugins.common.run_log import read_jsonl
 from plugins.data.filaments import write_filament_set
 from scripts.train_autoencoder import main
@@ -102,13 +103,19 @@ def test_2d_saves_pretrained_vae_with_measured_scaling_factor(tmp_path):
         img[4:12, 4 + i:6 + i] = rng.uniform(0.5, 1.0)
         np.save(data / f"{i:05d}.npy", img)
     out = str(tmp_path / "run2d")
-    run(["--data_dir", str(data), "--out_dir", out, "--max_steps", "2", *TINY, "--autoencoder.spatial_dims", "2",
-         "--autoencoder.training.loss.reconstruction_loss_type", "weighted",
-         "--autoencoder.training.denoising.enabled", "false"])
+    trainer = AutoencoderTrainer(resolve_config([
+        "--data_dir", str(data), "--out_dir", out, "--max_steps", "2", *TINY, "--autoencoder.spatial_dims", "2",
+        "--autoencoder.training.loss.reconstruction_loss_type", "weighted",
+        "--autoencoder.training.denoising.enabled", "false"]))
+    trainer.train()
     vae = AutoencoderKL.from_pretrained(os.path.join(out, "vae"))
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert vae.config.scaling_factor == pytest.approx(summary["scaling_factor"])
     assert vae.config.scaling_factor != pytest.approx(0.18215)
+    # the latent SR codec's scaled latents of the training images have unit std
+    images = torch.stack([trainer.train_set[i]["image"] for i in range(len(trainer.train_set))])
+    with torch.no_grad():
+        assert codec.encode(vae, images, "unit").std().item() == pytest.approx(1.0, rel=1e-4)
     events = EventAccumulator(os.path.join(out, "tensorboard")).Reload()
     assert "val/patch_reconstruction_error" in events.Tags()["images"]
 
