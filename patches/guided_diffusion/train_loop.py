@@ -32,6 +32,10 @@
 - ``backward_fn(loop, loss)``: replaces the backward of each (micro)batch loss,
   e.g. gradient surgery or a gradient probe; it must leave the gradients in
   ``p.grad`` and may call ``loop.backward_default(loss)`` (upstream's backward).
+  Under DDP (``loop.use_ddp``) gradients are averaged over the ranks only by a
+  real backward reaching every trainable parameter (DDP's hooks);
+  ``torch.autograd.grad`` and assigning ``p.grad`` bypass them (see the
+  surrogate backward in ``plugins/segdiff/gradients.py``).
 
 With ``grad_clip=0``, ``use_bf16=False`` and a single rank, losses and
 parameters equal upstream's ``TrainLoop``, bit for bit, for the same seed.

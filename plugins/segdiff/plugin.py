@@ -7,7 +7,6 @@ classification loss is on. The UNet has ``M + 1`` input channels and 1 output ch
 
 from __future__ import annotations
 
-import torch.distributed as dist
 from guided_diffusion import logger
 from torch.utils.data import DataLoader
 
@@ -68,8 +67,6 @@ def check_segdiff_args(args, stage: Stage | None = None) -> None:
             raise InputError(f"--grad_surgery {args.grad_surgery}: needs --schedule_sampler uniform")
         if args.use_fp16:
             raise InputError(f"--grad_surgery {args.grad_surgery}: not with --use_fp16 (use --use_bf16)")
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            raise InputError(f"--grad_surgery {args.grad_surgery}: runs on a single process only")
     if stage and args.use_fp16:
         raise InputError(f"--stage {stage.number} --use_fp16 True: frozen parameters need fp32 master weights; "
                          "use --use_bf16 True")
