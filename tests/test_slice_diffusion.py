@@ -4,8 +4,10 @@ import json
 import os
 
 import pytest
+import torch
 from guided_diffusion import logger
 
+from patches.checkpoints import load_checkpoint
 from plugins.common.errors import run_main
 from plugins.common.run_log import read_jsonl
 
@@ -31,6 +33,16 @@ def test_train_resume_and_run_directory(gd_dist, load_script, tiny_cohort, tmp_p
     assert _train(load_script, tiny_cohort, run, "--max_steps", "3", "--resume_checkpoint", "latest") == 0
     assert "model000003.pt" in os.listdir(run)
     assert [r["step"] for r in read_jsonl(str(run / "metrics_step.jsonl"))] == [0, 1, 2]
+
+
+def test_same_seed_same_weights(gd_dist, load_script, tiny_cohort, tmp_path):
+    for name in ("a", "b"):
+        assert _train(load_script, tiny_cohort, tmp_path / name, "--max_steps", "2", "--seed", "3") == 0
+    a, b = (load_checkpoint(str(tmp_path / name / "model000002.pt")) for name in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [[(r["loss"], r["grad_norm"]) for r in read_jsonl(str(tmp_path / name / "metrics_step.jsonl"))]
+            for name in ("a", "b")]
+    assert logs[0] == logs[1]
 
 
 @pytest.mark.parametrize("flags, message", [

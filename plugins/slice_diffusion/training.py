@@ -14,6 +14,8 @@ base plugin is plain image diffusion:
 from __future__ import annotations
 
 import os
+
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
@@ -132,7 +134,7 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     plugin = plugin or SlicePlugin()
     check_args(args)
     settings = settings_from_args(args)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
     model, diffusion = build_model_and_diffusion(args, *plugin.channels(len(settings.modalities)))
     run_dir = args.out_dir
     config = vars(args).copy()
@@ -142,6 +144,9 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     configure_logger(run_dir, jsonl_name=STEP_METRICS)
     write_config(run_dir, config)
     rank, world = dist.get_rank(), dist.get_world_size()
+    # noise per rank; numpy's global generator drives upstream's timestep sampler
+    torch.manual_seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
     data = build_brats_datasets(args.data_dir, run_dir, args.csv_path, settings, args.val_fraction,
                                 args.seed, args.cache_dir, progress=rank == 0)
     plugin.extend(model, diffusion, data, args)
