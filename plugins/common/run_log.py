@@ -8,6 +8,7 @@ sample images. Only rank 0 writes.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from plugins.common.errors import InputError
 CONFIG_FILE = "config.json"
 STEP_METRICS = "metrics_step.jsonl"
 EPOCH_METRICS = "metrics_epoch.jsonl"
+CASES_FILE = "cases.csv"
 
 
 def is_main_process() -> bool:
@@ -40,6 +42,46 @@ def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, **dump_kwargs)
     os.replace(tmp, path)
+
+
+def write_case_table(path: str, rows: list[dict]) -> None:
+    """Per-case metrics beside an evaluation's ``metrics.json`` (atomically, like it).
+
+    One row per case. Column ``case`` comes first and is the pairing key across runs
+    (``subject``, ``subject:slice`` or a volume id, unique within the table); ``subject``
+    names the subject a case belongs to (the unit a bootstrap resamples); the other
+    columns are metrics named as in ``metrics.json`` (empty cell = undefined for that case).
+    """
+    if not rows:
+        raise ValueError(f"{path}: no cases to write")
+    cases = [str(r["case"]) for r in rows]
+    if len(set(cases)) != len(cases):
+        raise ValueError(f"{path}: case ids are not unique")
+    columns = ["case"] + [k for k in dict.fromkeys(k for r in rows for k in r) if k != "case"]
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if _plain(v) is None else _plain(v)) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def _cell(key: str, value: str):
+    if key in ("case", "subject"):
+        return value
+    if value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def read_case_table(path: str) -> list[dict]:
+    """Rows of a ``cases.csv``: ``case``/``subject`` as strings, numeric cells as floats, empty cells None."""
+    with open(path, newline="") as f:
+        return [{k: _cell(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def write_config(run_dir: str, config: dict) -> str:
