@@ -6,7 +6,8 @@ import os
 import pytest
 
 from plugins.common.errors import InputError
-from plugins.data import build_brats_datasets, class_stats, load_or_create_split, read_grade_csv, stratified_split
+from plugins.data import build_brats_datasets, class_stats, read_grade_csv, stratified_split
+from plugins.data.splits import check_checkpoint_split, cohort_split, keep_run_split
 from plugins.data.demo_cohort import write_cohort
 
 
@@ -61,15 +62,55 @@ def test_split_is_stratified_disjoint_and_seeded():
         stratified_split(subjects, grades, 1.0)
 
 
-def test_split_is_written_and_reused_on_resume(tmp_path):
+def test_cohort_split_is_written_once_and_checked(tmp_path):
     subjects = [f"S{i}" for i in range(10)]
+    grades = {s: int(i % 3 != 0) for i, s in enumerate(subjects)}
     logs = []
-    first = load_or_create_split(str(tmp_path), subjects, None, 0.2, seed=0, log=logs.append)
-    assert json.loads((tmp_path / "split.json").read_text()) == first
-    again = load_or_create_split(str(tmp_path), subjects, None, 0.5, seed=9, log=logs.append)
-    assert again == first and "reusing split" in logs[-1]
-    with pytest.raises(InputError, match=r"1 subject\(s\) of the saved split are not on disk: S0"):
-        load_or_create_split(str(tmp_path), subjects[1:], None, log=logs.append)
+    first, path = cohort_split(str(tmp_path), subjects, grades, 0.2, 0, log=logs.append)
+    assert path == str(tmp_path / "splits" / "split_val0.2_seed0.json") and "stratified by grade" in logs[-1]
+    assert json.loads(open(path).read())["val"] == first["val"] == stratified_split(subjects, grades, 0.2, 0)["val"]
+    again, _ = cohort_split(str(tmp_path), list(reversed(subjects)), grades, 0.2, 0, log=logs.append)
+    assert again == first and logs[-1].startswith("split ")
+    with pytest.raises(InputError, match="split_val0.2_seed0.json: this cohort's subjects or grades now give another"):
+        cohort_split(str(tmp_path), subjects[1:], grades, 0.2, 0, log=logs.append)
+    with pytest.raises(InputError, match="grades now known"):
+        cohort_split(str(tmp_path), subjects, None, 0.2, 0, log=logs.append)  # drawn with grades, now without
+    other, _ = cohort_split(str(tmp_path), subjects, grades, 0.2, 1, log=logs.append)
+    assert other["val"] != first["val"]
+
+
+def test_split_file_is_used_as_it_is(tmp_path):
+    subjects = [f"S{i}" for i in range(6)]
+    hand = tmp_path / "mine.json"
+    hand.write_text(json.dumps({"train": ["S0", "S1", "S2"], "val": ["S3"]}))
+    logs = []
+    split, path = cohort_split(str(tmp_path), subjects, None, 0.5, 7, split_file=str(hand), log=logs.append)
+    assert split["val"] == ["S3"] and path == str(hand) and "2 subject(s) on disk left out" in logs[-1]
+    with pytest.raises(InputError, match=r"--split_file .*mine.json: 1 subject\(s\) are not in --data_dir: S3"):
+        cohort_split(str(tmp_path), ["S0", "S1", "S2"], None, split_file=str(hand), log=logs.append)
+    hand.write_text(json.dumps({"train": ["S0", "S3"], "val": ["S3"]}))
+    with pytest.raises(InputError, match="subjects in both train and val: S3"):
+        cohort_split(str(tmp_path), subjects, None, split_file=str(hand), log=logs.append)
+    hand.write_text("[1, 2]")
+    with pytest.raises(InputError, match="expected a JSON object with 'train' and 'val'"):
+        cohort_split(str(tmp_path), subjects, None, split_file=str(hand), log=logs.append)
+
+
+def test_run_and_checkpoint_splits_must_match(tmp_path):
+    a = {"train": ["S0", "S1"], "val": ["S2"]}
+    b = {"train": ["S0", "S2"], "val": ["S1"]}
+    keep_run_split(str(tmp_path / "run"), a, "cohort_a.json")
+    keep_run_split(str(tmp_path / "run"), a, "cohort_a.json")  # the same split: a resume
+    with pytest.raises(InputError, match=r"run.split\.json: this run was trained on another split than cohort_b"):
+        keep_run_split(str(tmp_path / "run"), b, "cohort_b.json")
+    checkpoint = str(tmp_path / "run" / "model000002.pt")
+    check_checkpoint_split(checkpoint, a, "cohort_a.json")
+    with pytest.raises(InputError, match=r"model000002.pt: trained on the split .*split.json, which differs from "
+                                         r"this run's split cohort_b.json"):
+        check_checkpoint_split(checkpoint, b, "cohort_b.json")
+    logs = []
+    check_checkpoint_split(str(tmp_path / "elsewhere" / "model000001.pt"), b, "cohort_b.json", log=logs.append)
+    assert "cannot be checked" in logs[-1]
 
 
 def test_build_prints_training_class_stats(tmp_path):
@@ -77,7 +118,7 @@ def test_build_prints_training_class_stats(tmp_path):
     grades = write_cohort(data_dir, 5, seed=4, shape=(48, 48, 24), progress=False)
     logs = []
     data = build_brats_datasets(data_dir, str(tmp_path / "run"), os.path.join(data_dir, "name_mapping.csv"),
-                                val_fraction=0.2, seed=0, cache_dir=str(tmp_path / "cache"), log=logs.append,
+                                val_fraction=0.2, split_seed=0, cache_dir=str(tmp_path / "cache"), log=logs.append,
                                 progress=False)
     train = data.split["train"]
     n_lgg = sum(grades[s] == 0 for s in train)

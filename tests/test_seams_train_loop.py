@@ -14,6 +14,7 @@ from guided_diffusion.unet import UNetModel
 
 from patches.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from patches.guided_diffusion import LossTerm, NonFiniteLossError, create_seam_diffusion, create_seam_model
+from patches.guided_diffusion.ema import ema_decay, ema_summary
 from patches.guided_diffusion.train_loop import latest_checkpoint
 from plugins.common.run_log import read_jsonl
 from tests.gd_tiny import TINY_DIFFUSION, TINY_MODEL, batches, close_logger, endless, seam_loop, seed_all
@@ -54,25 +55,44 @@ def test_no_plugin_equals_upstream_bit_for_bit(gd_dist, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_ema_warmup_starts_at_the_weights_and_follows_the_schedule(gd_dist, tmp_path):
+    loop = seam_loop(tmp_path / "w", endless(batches(3)), max_steps=1, ema_rate="0.9999", ema_warmup=True)
+    loop.run_loop()
+    close_logger()
+    assert all(torch.equal(e, p) for e, p in zip(loop.ema_params[0], loop.mp_trainer.master_params))
+    assert ema_decay(0.9999, 2, True) == pytest.approx(1 - 2 ** (-2 / 3))
+    assert ema_decay(0.9999, 1000, True) == pytest.approx(0.99)
+    assert ema_decay(0.9999, 10**9, True) == 0.9999 and ema_decay(0.9999, 1, False) == 0.9999
+
+
+def test_ema_summary_matches_closed_form_of_constant_rate():
+    r, n = 0.9999, 1000
+    got = ema_summary(r, n, warmup=False)
+    assert got["ema_init_weight"] == pytest.approx(r ** n)  # 0.905: upstream's EMA after 1,000 steps
+    assert got["ema_mean_age_steps"] == pytest.approx(r * (1 - r ** n) / (1 - r))
+    warm = ema_summary(r, n, warmup=True)
+    assert warm["ema_init_weight"] == 0.0 and warm["ema_mean_age_steps"] < 0.2 * n
+
+
 def _trained_state(loop):
     return {k: v.clone() for k, v in loop.model.state_dict().items()}
 
 
 def test_resume_after_stop_matches_straight_run_and_epochs(gd_dist, tmp_path):
     epochs_straight, epochs_resumed = [], []
-    straight = seam_loop(tmp_path / "a", batches(3), max_steps=5, save_interval=2,
+    straight = seam_loop(tmp_path / "a", batches(3), max_steps=5, save_interval=2, ema_warmup=True,
                          epoch_callbacks=[lambda loop, e: epochs_straight.append((e, loop.step + loop.resume_step))])
     straight.run_loop()
     close_logger()
     assert sorted(os.listdir(tmp_path / "a")).count("model000005.pt") == 1
     assert epochs_straight == [(0, 3)]
 
-    first = seam_loop(tmp_path / "b", batches(3), max_steps=2, save_interval=2)
+    first = seam_loop(tmp_path / "b", batches(3), max_steps=2, save_interval=2, ema_warmup=True)
     first.run_loop()
     close_logger()
     assert latest_checkpoint(str(tmp_path / "b")).endswith("model000002.pt")
     resumed = seam_loop(tmp_path / "b", batches(3), max_steps=5, save_interval=2, seed=123,
-                        resume_checkpoint="latest",
+                        resume_checkpoint="latest", ema_warmup=True,
                         epoch_callbacks=[lambda loop, e: epochs_resumed.append((e, loop.step + loop.resume_step))])
     assert resumed.resume_step == 2
     resumed.run_loop()

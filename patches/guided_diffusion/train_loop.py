@@ -14,6 +14,8 @@
   zeroed, no optimizer or EMA update) and counted in ``skipped_steps``;
   ``max_consecutive_skips`` skips in a row stop the run with
   :class:`NonFiniteLossError` (fp16 keeps upstream's loss-scale skipping);
+- ``ema_warmup``: the EMA decay follows diffusers' warm-up schedule (:mod:`.ema`) instead of
+  upstream's constant rate, so the EMA means something after a few thousand steps;
 - ``grad_clip > 0``: clip the total gradient norm before the optimizer step;
 - ``use_bf16``: the forward and loss under ``torch.autocast(dtype=bfloat16)``;
 - DDP over gloo on the CPU when the world has more than one rank (upstream
@@ -37,7 +39,7 @@
   ``torch.autograd.grad`` and assigning ``p.grad`` bypass them (see the
   surrogate backward in ``plugins/segdiff/gradients.py``).
 
-With ``grad_clip=0``, ``use_bf16=False`` and a single rank, losses and
+With ``grad_clip=0``, ``use_bf16=False``, ``ema_warmup=False`` and a single rank, losses and
 parameters equal upstream's ``TrainLoop``, bit for bit, for the same seed.
 """
 
@@ -55,10 +57,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim import AdamW
 from guided_diffusion import logger
+from guided_diffusion.nn import update_ema
 from guided_diffusion.train_util import TrainLoop
 
 from patches.checkpoints import CheckpointError, atomic_save, load_checkpoint
 from patches.errors import SeamError
+from patches.guided_diffusion.ema import ema_decay
 
 _MODEL_FILE = re.compile(r"model(\d{6,})\.pt$")
 
@@ -167,7 +171,7 @@ class SeamTrainLoop(TrainLoop):
     def __init__(self, *, max_steps: int = 0, epoch_callbacks=(), max_consecutive_skips: int = 10,
                  grad_clip: float = 0.0, use_bf16: bool = False, find_unused_parameters: bool = False,
                  init_from_checkpoint: bool = False, run_dir: str | None = None, backward_fn=None,
-                 **upstream_kwargs):
+                 ema_warmup: bool = False, **upstream_kwargs):
         if grad_clip < 0:
             raise SeamError(f"grad_clip must be >= 0, got {grad_clip}")
         if upstream_kwargs.get("use_fp16") and (use_bf16 or grad_clip):
@@ -183,6 +187,7 @@ class SeamTrainLoop(TrainLoop):
         self.max_consecutive_skips = max_consecutive_skips
         self.grad_clip = grad_clip
         self.use_bf16 = use_bf16
+        self.ema_warmup = ema_warmup
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.epoch = 0
@@ -324,6 +329,12 @@ class SeamTrainLoop(TrainLoop):
     def forward_backward(self, batch, cond):
         with torch.autocast(device_type=batch.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             super().forward_backward(batch, cond)
+
+    def _update_ema(self):
+        """Upstream's update; with ``ema_warmup`` at the decay of the step this update completes."""
+        step = self._total_steps() + 1
+        for rate, params in zip(self.ema_rate, self.ema_params):
+            update_ema(params, self.mp_trainer.master_params, rate=ema_decay(rate, step, self.ema_warmup))
 
     def _step_finite(self) -> bool:
         """Clip (if asked); True when this step's losses and total gradient norm are finite (one sync)."""

@@ -9,10 +9,10 @@ from plugins.data.brats_slices import (DATA_DEFAULTS, BratsData, BratsSliceDatas
                                        settings_from_args)
 from plugins.data.grades import class_stats, format_class_stats, read_grade_csv
 from plugins.data.slice_preprocess import SliceSettings
-from plugins.data.splits import load_or_create_split, stratified_split
+from plugins.data.splits import cohort_split, stratified_split
 
 __all__ = [
     "MODALITIES", "Subject", "discover_subjects", "DATA_DEFAULTS", "BratsData", "BratsSliceDataset",
     "build_brats_datasets", "settings_from_args", "class_stats", "format_class_stats", "read_grade_csv",
-    "SliceSettings", "load_or_create_split", "stratified_split",
+    "SliceSettings", "cohort_split", "stratified_split",
 ]

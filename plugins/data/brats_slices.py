@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from plugins.common.errors import InputError
 from plugins.data.brats_layout import discover_subjects
-from plugins.data.grades import NO_GRADE, class_stats, format_class_stats, read_grade_csv
+from plugins.data.grades import COHORT_CSV, NO_GRADE, class_stats, format_class_stats, read_grade_csv
 from plugins.data.slice_cache import SliceCache
 from plugins.data.slice_preprocess import SliceSettings
-from plugins.data.splits import load_or_create_split
+from plugins.data.splits import cohort_split, keep_run_split
 
 CACHE_SUBDIR = ".slice_cache"
 
@@ -46,6 +46,8 @@ DATA_DEFAULTS = dict(
     crop=0,
     value_range="0,1",
     val_fraction=0.2,
+    split_seed=0,
+    split_file="",
     cache_dir="",
 )
 
@@ -122,27 +124,34 @@ class BratsSliceDataset(Dataset):
 
 @dataclass
 class BratsData:
-    """Train and val datasets of one run, its split and (with grades) the training class stats."""
+    """Train and val datasets of one run, its split (and the cohort file it came from) and, with
+    grades, the training class stats."""
 
     train: BratsSliceDataset
     val: BratsSliceDataset
     split: dict
+    split_source: str
     class_stats: dict | None
 
 
 def build_brats_datasets(data_dir: str, run_dir: str, csv_path: str = "", settings: SliceSettings | None = None,
-                         val_fraction: float = 0.2, seed: int = 0, cache_dir: str = "", log=print,
-                         progress: bool = True) -> BratsData:
-    """Discover subjects, read grades (if ``csv_path``), split by subject (saved in ``run_dir``),
-    print n_LGG/n_HGG/alpha of the training split, and build both datasets."""
+                         val_fraction: float = 0.2, split_seed: int = 0, cache_dir: str = "", log=print,
+                         progress: bool = True, split_file: str = "") -> BratsData:
+    """Discover subjects, read grades (if ``csv_path``), take the cohort's split (:mod:`.splits`: stratified
+    by ``csv_path``'s grades or the cohort's ``name_mapping.csv``; a copy kept in ``run_dir``), print
+    n_LGG/n_HGG/alpha of the training split, and build both datasets (with grades only from ``csv_path``)."""
     settings = settings or SliceSettings()
     names = [s.name for s in discover_subjects(data_dir, settings.modalities)]
     grades = read_grade_csv(csv_path, names) if csv_path else None
-    split = load_or_create_split(run_dir, names, grades, val_fraction, seed, log)
+    cohort_csv = os.path.join(data_dir, COHORT_CSV)
+    strata = grades or (read_grade_csv(cohort_csv, names) if os.path.isfile(cohort_csv) else None)
+    split, source = cohort_split(data_dir, names, strata, val_fraction, split_seed, split_file, log)
+    if run_dir:
+        keep_run_split(run_dir, split, source)
     stats = None
     if grades:
         stats = class_stats([grades[s] for s in split["train"]])
         log(format_class_stats(stats))
     train = BratsSliceDataset(data_dir, split["train"], grades, settings, cache_dir, progress)
     val = BratsSliceDataset(data_dir, split["val"], grades, settings, cache_dir, progress)
-    return BratsData(train, val, split, stats)
+    return BratsData(train, val, split, source, stats)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from plugins.common.errors import InputError
 
+COHORT_CSV = "name_mapping.csv"  # the grade CSV a BraTS cohort folder ships
 ID_COLUMN = "BraTS_2020_subject_ID"
 GRADE_COLUMN = "Grade"
 GRADES = {"LGG": 0, "HGG": 1}

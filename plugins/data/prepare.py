@@ -3,8 +3,8 @@
 Every subject's NIfTI files are read once and checked (missing modality, shape mismatch,
 NaN/Inf, unexpected seg labels, unreadable file: one ``error:`` line naming the file, exit 2);
 the preprocessed slices go to the cache so training starts without reading NIfTI. With
-``--csv_path`` the grades are checked too; with ``--out_dir`` the run's split is written
-(or reused) and the training split's n_LGG/n_HGG/alpha printed.
+``--csv_path`` the grades are checked too; with ``--out_dir`` the cohort's split is drawn (or
+checked) and copied into that run directory, and the training split's n_LGG/n_HGG/alpha printed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from plugins.data.brats_slices import DATA_DEFAULTS, BratsSliceDataset, build_br
 from plugins.data.brats_layout import discover_subjects
 from plugins.data.grades import read_grade_csv
 
-DEFAULTS = dict(DATA_DEFAULTS, out_dir="", seed=0)
+DEFAULTS = dict(DATA_DEFAULTS, out_dir="")
 
 
 def main(argv=None) -> None:
@@ -25,7 +25,7 @@ def main(argv=None) -> None:
     settings = settings_from_args(args)
     if args.out_dir:
         data = build_brats_datasets(args.data_dir, args.out_dir, args.csv_path, settings, args.val_fraction,
-                                    args.seed, args.cache_dir)
+                                    args.split_seed, args.cache_dir, split_file=args.split_file)
         sets = {"train": data.train, "val": data.val}
     else:
         names = [s.name for s in discover_subjects(args.data_dir, settings.modalities)]

@@ -2,7 +2,8 @@
 
 ``--model_path`` is a ``modelNNNNNN.pt`` file or a run directory (its latest
 checkpoint); with ``use_ema`` the EMA weights of the same step are loaded
-(``ema_<rate>_NNNNNN.pt``). The run's ``config.json`` defines the architecture;
+(``ema_<rate>_NNNNNN.pt``); :func:`scored_weights` says which weights an evaluation scored.
+The run's ``config.json`` defines the architecture;
 architecture flags given on the command line must agree with it.
 """
 
@@ -13,6 +14,7 @@ import glob
 import os
 
 from patches.guided_diffusion import latest_checkpoint, load_model_weights
+from patches.guided_diffusion.ema import ema_summary
 from patches.guided_diffusion.train_loop import checkpoint_step
 from plugins.common.errors import InputError
 from plugins.common.run_log import CONFIG_FILE, read_config
@@ -40,6 +42,20 @@ def resolve_model_path(model_path: str, use_ema: bool) -> tuple[str, str]:
             raise InputError(f"--use_ema True: no EMA checkpoint of step {step} in {run_dir}")
         model_path = ema[0]
     return model_path, run_dir
+
+
+def scored_weights(weights: str, config) -> dict:
+    """What an evaluation scored: ``{"weights": "ema" | "raw", "checkpoint_step", ...}``; for EMA weights
+    also ``ema_rate``, ``ema_warmup`` and :func:`ema_summary` (the initialisation's remaining weight and
+    the mean age of the averaged weights, in steps)."""
+    config = vars(config) if isinstance(config, argparse.Namespace) else config
+    name = os.path.basename(weights)
+    step = int(name.rsplit("_", 1)[-1][:-3]) if name.startswith("ema_") else checkpoint_step(weights)
+    out = {"weights": "ema" if name.startswith("ema_") else "raw", "checkpoint_step": step}
+    if out["weights"] == "ema":
+        rate, warmup = float(name.split("_")[1]), bool(config.get("ema_warmup", False))
+        out.update(ema_rate=rate, ema_warmup=warmup, **ema_summary(rate, step, warmup))
+    return out
 
 
 def saved_config(run_dir: str, args: argparse.Namespace, argv: list, keys) -> argparse.Namespace:

@@ -22,10 +22,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from patches.guided_diffusion import (DIFFUSION_DEFAULTS, MODEL_DEFAULTS, SeamTrainLoop, configure_logger,
                                       create_named_schedule_sampler, create_seam_diffusion, create_seam_model)
+from patches.guided_diffusion.train_loop import resolve_resume_checkpoint
 from plugins.common.errors import InputError
 from plugins.common.flags import TRAIN_DEFAULTS
 from plugins.common.run_log import STEP_METRICS, check_config, write_config
 from plugins.data import DATA_DEFAULTS, build_brats_datasets, settings_from_args
+from plugins.data.splits import check_checkpoint_split
 
 #: Model flags (upstream's names); channels come from --modalities.
 MODEL_FLAGS = {k: v for k, v in MODEL_DEFAULTS.items() if k not in ("in_channels", "out_channels")}
@@ -33,6 +35,7 @@ MODEL_FLAGS = {k: v for k, v in MODEL_DEFAULTS.items() if k not in ("in_channels
 LOOP_DEFAULTS = dict(
     microbatch=-1,
     ema_rate="0.9999",
+    ema_warmup=True,  # diffusers' EMA warm-up (patches.guided_diffusion.ema); False = upstream's constant rate
     log_interval=10,
     save_interval=1000,
     weight_decay=0.0,
@@ -148,7 +151,10 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     torch.manual_seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     data = build_brats_datasets(args.data_dir, run_dir, args.csv_path, settings, args.val_fraction,
-                                args.seed, args.cache_dir, progress=rank == 0)
+                                args.split_seed, args.cache_dir, progress=rank == 0, split_file=args.split_file)
+    checkpoint = resolve_resume_checkpoint(args.resume_checkpoint, run_dir)
+    if checkpoint:
+        check_checkpoint_split(checkpoint, data.split, data.split_source)
     plugin.extend(model, diffusion, data, args)
     if len(data.train) < args.batch_size * world:
         raise InputError(f"--batch_size {args.batch_size}: the training split has only {len(data.train)} slices")
@@ -165,7 +171,8 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
         schedule_sampler=create_named_schedule_sampler(args.schedule_sampler, diffusion),
         weight_decay=args.weight_decay, lr_anneal_steps=args.lr_anneal_steps, max_steps=args.max_steps,
         epoch_callbacks=plugin.epoch_callbacks(), max_consecutive_skips=args.max_consecutive_skips,
-        grad_clip=args.grad_clip, use_bf16=args.use_bf16, run_dir=run_dir, **plugin.loop_options(),
+        grad_clip=args.grad_clip, use_bf16=args.use_bf16, ema_warmup=args.ema_warmup, run_dir=run_dir,
+        **plugin.loop_options(),
     )
     loop.run_loop()
     return loop
