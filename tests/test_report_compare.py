@@ -2,17 +2,20 @@
 intervals against values computed by hand, config diff, curves and samples, bad input."""
 
 import base64
+import itertools
 import json
 import math
 import os
 import re
 
+import numpy as np
 import pytest
 from matplotlib import image as mpl_image
 
 from plugins.common.errors import run_main
 from plugins.report import compare, read_groups, write_report
-from plugins.report.stats import bootstrap_ci
+from plugins.common.run_log import write_case_table
+from plugins.report.stats import bootstrap_ci, two_level_ci
 
 TRAIN = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
          "--num_heads", "1", "--batch_size", "4", "--diffusion_steps", "30", "--log_interval", "1",
@@ -75,11 +78,9 @@ def test_means_deltas_and_paired_interval_by_hand(bea_runs, report):
     delta = result["deltas"]["fpdm/mixed.auprc"]["dual"]
     assert delta["abs"] == pytest.approx((v[0] + v[1]) / 2 - (b[0] + b[1]) / 2)
     assert delta["rel"] == pytest.approx(delta["abs"] / abs((b[0] + b[1]) / 2))
-    # two paired seeds: the 4 equally likely resamples of d = v - b have means d0, (d0+d1)/2 twice, d1
-    d = [v[0] - b[0], v[1] - b[1]]
+    # two seeds and a pooled metric: no interval (a bootstrap over 2 values is just their range)
     assert result["paired"] == {"dual": True}
-    assert delta["ci"] == pytest.approx([min(d), max(d)])
-    assert delta["excludes_zero"] == (min(d) > 0 or max(d) < 0)
+    assert delta["ci"] is None and delta["covers"] is None and not delta["excludes_zero"]
 
 
 def test_config_diff_curves_and_costs(report):
@@ -109,31 +110,80 @@ def test_report_files_markdown_html_and_images(bea_runs, report):
     assert json.loads((out / "summary.json").read_text())["baseline"] == "mse"
 
 
-def _fake_run(path, seed, metrics, extra_config=None, steps=()):
+def _fake_run(path, seed, metrics, extra_config=None, steps=(), cases=None, val=None):
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"seed": seed, "lr": 1e-4, **(extra_config or {})}))
     (path / "metrics.json").write_text(json.dumps({"metrics": metrics}))
     (path / "metrics_step.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1 / (s + 1)}) + "\n"
                                                      for s in steps))
+    if cases:
+        write_case_table(str(path / "cases.csv"), cases)
+    if val is not None:
+        (path / "split.json").write_text(json.dumps({"train": ["T"], "val": val}))
     return str(path)
 
 
+def _percentile_interval(values):
+    return tuple(float(x) for x in np.quantile(values, [0.025, 0.975], method="inverted_cdf"))
+
+
 def test_unpaired_interval_and_unequal_metrics_by_hand(tmp_path):
-    base = [_fake_run(tmp_path / f"b{s}", s, {"score": x, "only_base": 1.0}) for s, x in ((0, 1.0), (1, 2.0))]
-    var = [_fake_run(tmp_path / f"v{s}", s, {"score": x}, {"lr": 3e-4}) for s, x in ((2, 4.0), (3, 6.0))]
+    base = [_fake_run(tmp_path / f"b{s}", s, {"score": x, "only_base": 1.0}) for s, x in ((0, 1.0), (1, 2.0), (2, 3.0))]
+    var = [_fake_run(tmp_path / f"v{s}", s, {"score": x}, {"lr": 3e-4}) for s, x in ((3, 4.0), (4, 6.0), (5, 8.0))]
     groups = read_groups(["base=" + ",".join(base), "var=" + ",".join(var)])
     result = compare(groups)
-    # unpaired (seeds differ): resample means of base {1, 1.5, 1.5, 2}, of var {4, 5, 5, 6}; the 16
-    # differences run from 2 to 5, and 2.5% / 97.5% of 16 fall on the first and the last
+    # unpaired (seeds differ): every one of the 27 x 27 equally likely resample pairs, enumerated by hand
+    means = lambda xs: [sum(t) / 3 for t in itertools.product(xs, repeat=3)]  # noqa: E731
+    expected = _percentile_interval([v - b for v in means([4.0, 6.0, 8.0]) for b in means([1.0, 2.0, 3.0])])
     assert result["paired"] == {"var": False}
-    assert result["deltas"]["score"]["var"] == {"abs": 3.5, "rel": 2.3333333333333335, "ci": [2.0, 5.0],
-                                                 "excludes_zero": True}
-    assert result["missing"] == {"only_base": ["var (seed 2)", "var (seed 3)"]}
+    delta = result["deltas"]["score"]["var"]
+    assert delta["abs"] == 4.0 and delta["rel"] == 2.0 and delta["ci"] == pytest.approx(expected)
+    assert delta["excludes_zero"] and delta["covers"] == "seeds"
+    assert result["missing"] == {"only_base": ["var (seed 3)", "var (seed 4)", "var (seed 5)"]}
     assert result["deltas"]["only_base"]["var"] is None
     assert set(result["config_diff"]) == {"lr", "seed"}
     write_report(groups, result, str(tmp_path / "rep"), "t")
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "only_base: missing in var (seed 2), var (seed 3)" in md and "[2, 5] | ✔" in md
+    assert "only_base: missing in var (seed 3), var (seed 4), var (seed 5)" in md
+    assert f"[{expected[0]:.4g}, {expected[1]:.4g}] | ✔ | seeds |" in md and "at least 3 seeds" in md
+
+
+def test_two_level_interval_resamples_subjects_with_all_their_cases():
+    # one seed; subject A has two cases with d = 0, subject B one with d = 3: a resample of two subjects
+    # is {A, A} (mean 0), {A, B} (1) or {B, B} (3), so the 95% interval is [0, 3], cases only
+    base = {0: {"A:1": ("A", 1.0), "A:2": ("A", 2.0), "B:1": ("B", 0.0)}}
+    var = {0: {"A:1": ("A", 1.0), "A:2": ("A", 2.0), "B:1": ("B", 3.0)}}
+    ci, covers, n = two_level_ci(base, var, seed=1)
+    assert ci == (0.0, 3.0) and n == 3 and covers.startswith("cases (subjects) only")
+    constant = {s: {f"{c}": (c, 0.5) for c in "ABCD"} for s in range(3)}  # d = v - 0 = 0.5 everywhere
+    ci, covers, _ = two_level_ci(None, constant)
+    assert ci == pytest.approx((0.5, 0.5)) and covers == "seeds and cases (subjects)"
+    # seed-to-seed variation is covered with 3 seeds: seed means 0, 1, 2 (every case of a seed equal)
+    spread = {s: {c: (c, float(s)) for c in "ABCD"} for s in range(3)}
+    ci, _, _ = two_level_ci(None, spread, seed=0)
+    assert ci[0] < 0.7 and ci[1] > 1.3
+    assert two_level_ci(None, {0: {"A": ("A", 1.0)}})[0] is None
+
+
+def test_per_case_tables_and_refusal_of_other_validation_subjects(tmp_path, load_script, capsys):
+    rows = lambda d: [{"case": f"{s}:{i}", "subject": s, "dice": 0.5 + d * (s == "B")}  # noqa: E731
+                      for s in "AB" for i in range(2)]
+    base = _fake_run(tmp_path / "b", 0, {"score": 1.0}, cases=rows(0.0), val=["A", "B"])
+    var = _fake_run(tmp_path / "v", 0, {"score": 2.0}, cases=rows(0.2), val=["A", "B"])
+    result = compare(read_groups([base, var]))
+    delta = result["deltas"]["case.dice"]["v"]
+    assert result["metrics"]["case.dice"]["v"]["mean"] == pytest.approx(0.6)
+    assert delta["ci"] == pytest.approx([0.0, 0.2]) and delta["covers"].startswith("cases (subjects) only")
+    assert result["deltas"]["score"]["v"]["ci"] is None and result["not_comparable"] == {}
+
+    other = _fake_run(tmp_path / "o", 0, {"score": 2.0}, cases=rows(0.2), val=["A", "C"])
+    result = compare(read_groups([base, other]))
+    assert "2 of 3 validation subjects differ" in result["not_comparable"]["o"]
+    assert result["deltas"]["score"]["o"] is None
+    assert run_main(load_script("compare_runs").main, [base, other, "--out_dir", str(tmp_path / "rep")]) == 0
+    assert "not compared: o validated on other subjects than the baseline" in capsys.readouterr().out
+    fewer = _fake_run(tmp_path / "f", 0, {"score": 2.0}, cases=rows(0.2)[:3])
+    assert "scored on other cases" in compare(read_groups([base, fewer]))["not_comparable"]["f"]
 
 
 def test_bootstrap_enumerates_small_samples_and_draws_large_ones():

@@ -21,6 +21,11 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0
          "th{background:#f3f3f3}.imgs{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}"
          "figcaption{font-size:12px;text-align:center}img{max-width:560px}")
 CI_MARK = "✔"
+INTERVAL_RULE = ("Intervals: percentile bootstrap 95% of mean(variant) − mean(baseline), paired by seed. A metric "
+                 "with a per-case table (case.*) is resampled on two levels: seeds (only with at least 3 seeds; "
+                 "with fewer they are held fixed), then subjects within each seed, each with all its cases. "
+                 "Any other metric gets a seed-level interval, which needs at least 3 seeds. The 'covers' "
+                 "column says which variation an interval includes.")
 
 
 def _mean_std(s: dict | None) -> str:
@@ -43,12 +48,13 @@ def value_table(result: dict, which: str = "metrics") -> Table:
         for name, s in per_group.items():
             d = diffs[key].get(name)
             ci, mark = _ci(d)
+            base = name == result["baseline"]
             rows.append([key, name, str(s["n"]) if s else "0", _mean_std(s),
-                         "" if name == result["baseline"] else (fmt(d["abs"]) if d else "—"),
-                         "" if name == result["baseline"] else (fmt_pct(d["rel"]) if d else "—"),
-                         "" if name == result["baseline"] else ci, mark])
-    return Table(["metric", "variant", "n", "mean ± std", "Δ vs baseline", "Δ %", "95% CI of Δ", "CI excludes 0"],
-                 rows)
+                         "" if base else (fmt(d["abs"]) if d else "—"),
+                         "" if base else (fmt_pct(d["rel"]) if d else "—"),
+                         "" if base else ci, mark, "" if base or not d else (d.get("covers") or "")])
+    return Table(["metric", "variant", "n", "mean ± std", "Δ vs baseline", "Δ %", "95% CI of Δ", "CI excludes 0",
+                  "covers"], rows)
 
 
 def config_table(result: dict) -> Table:
@@ -63,8 +69,9 @@ def runs_table(result: dict) -> Table:
 
 
 def terminal_summary(result: dict) -> str:
-    """The final-metrics table as fixed-width text."""
-    return value_table(result).text()
+    """The final-metrics table as fixed-width text, then one line per variant that was not compared."""
+    refused = [f"not compared: {v} {why}" for v, why in result.get("not_comparable", {}).items()]
+    return "\n".join([value_table(result).text(), *refused])
 
 
 def _copy_samples(groups: dict, out_dir: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
@@ -117,11 +124,11 @@ def _sections(result: dict, note: str):
     """(heading, [blocks]); a block is a str paragraph or a Table."""
     paired = ", ".join(f"{v}: {'paired by seed' if p else 'unpaired'}" for v, p in result["paired"].items())
     missing = [f"{k}: missing in {', '.join(v)}" for k, v in result["missing"].items()]
+    refused = [f"Not compared: {v} {why}." for v, why in result.get("not_comparable", {}).items()]
     cost = value_table(result, "cost")
     return [
-        ("Runs", [note, f"Baseline: {result['baseline']}. Intervals: bootstrap 95% of mean(variant) − "
-                        f"mean(baseline); {paired or 'no variants'}. {CI_MARK} marks an interval that excludes 0.",
-                  runs_table(result)]),
+        ("Runs", [note, f"Baseline: {result['baseline']}. {INTERVAL_RULE} {paired or 'No variants'}. "
+                        f"{CI_MARK} marks an interval that excludes 0.", *refused, runs_table(result)]),
         ("Configuration differences", [config_table(result) if result["config_diff"] else "No key differs."]),
         ("Final metrics", [value_table(result) if result["metrics"] else "No final metrics found.",
                            *(["Unequal metrics: " + "; ".join(missing)] if missing else [])]),

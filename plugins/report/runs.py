@@ -8,6 +8,10 @@ Conventions (every pipeline of the project follows them):
   evaluation outputs, e.g. ``fpdm/metrics.json``), numeric leaves flattened to
   ``<folder>/<dotted.key>``; a top-level ``"metrics"`` dict, when present, is the only part read
   (the rest is metadata). The merged last epoch adds ``epoch/<key>`` for keys no result file has.
+- Per-case tables: every ``cases.csv`` beside a result file (``plugins.common.run_log.write_case_table``):
+  each numeric column becomes ``cases[<folder>/case.<column>] = {case: (subject, value)}`` and its mean
+  over cases the final metric of the same name, so intervals can be taken over cases.
+- Validation subjects: the ``val`` list of the run's ``split.json`` (None without one).
 - Samples: every ``*.png`` outside TensorBoard/checkpoint folders; digits in the name are a counter,
   so ``samples/step_0000020.png`` is matched across runs as ``samples/step_#.png`` (newest kept).
 - Cost: median ``step_time_s`` and max ``peak_mem_mb`` over the step records, when logged.
@@ -23,7 +27,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from plugins.common.errors import InputError
-from plugins.common.run_log import CONFIG_FILE, EPOCH_METRICS, STEP_METRICS
+from plugins.common.run_log import CASES_FILE, CONFIG_FILE, EPOCH_METRICS, STEP_METRICS, read_case_table
 
 RESULT_FILES = ("metrics.json", "summary.json")
 SKIP_FOLDERS = {"tb", "tensorboard", "checkpoints", "logs", "__pycache__"}
@@ -46,6 +50,8 @@ class Run:
     final: dict = field(default_factory=dict)
     images: dict = field(default_factory=dict)
     cost: dict = field(default_factory=dict)
+    cases: dict = field(default_factory=dict)
+    val_subjects: list | None = None
 
     @property
     def seed(self):
@@ -142,6 +148,32 @@ def final_metrics(root: str, epochs: list[dict]) -> dict:
     return out
 
 
+def case_metrics(root: str) -> dict:
+    """``{"<folder>/case.<column>": {case: (subject, value)}}`` from every ``cases.csv`` (numeric cells)."""
+    out: dict = {}
+    for rel, files in _walk(root):
+        if CASES_FILE not in files:
+            continue
+        path = os.path.join(root, rel, CASES_FILE)
+        try:
+            rows = read_case_table(path)
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"{path}: unreadable per-case table ({type(err).__name__}: {err})") from None
+        for row in rows:
+            if "case" not in row:
+                raise InputError(f"{path}: no 'case' column")
+            for key, value in row.items():
+                if key not in ("case", "subject") and number(value) is not None:
+                    name = f"{rel}/case.{key}" if rel else f"case.{key}"
+                    out.setdefault(name, {})[row["case"]] = (row.get("subject") or row["case"], float(value))
+    return out
+
+
+def val_subjects(root: str) -> list | None:
+    split = _read_json(os.path.join(root, "split.json")) if os.path.isfile(os.path.join(root, "split.json")) else None
+    return sorted(split["val"]) if isinstance(split, dict) and isinstance(split.get("val"), list) else None
+
+
 def sample_images(root: str) -> dict:
     images = {}
     for rel, files in _walk(root):
@@ -186,5 +218,8 @@ def read_run(path: str) -> Run:
         raise InputError(f"{config_path}: expected a JSON object of settings")
     steps = _read_jsonl(os.path.join(path, STEP_METRICS), "step")
     epochs = merge_epochs(_read_jsonl(os.path.join(path, EPOCH_METRICS), "epoch"))
-    return Run(path=path, config=flatten(config), steps=steps, epochs=epochs,
-               final=final_metrics(path, epochs), images=sample_images(path), cost=run_cost(steps))
+    cases = case_metrics(path)
+    final = {**final_metrics(path, epochs),
+             **{k: statistics.fmean(v for _, v in table.values()) for k, table in cases.items()}}
+    return Run(path=path, config=flatten(config), steps=steps, epochs=epochs, final=final,
+               images=sample_images(path), cost=run_cost(steps), cases=cases, val_subjects=val_subjects(path))

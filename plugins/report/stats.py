@@ -7,15 +7,24 @@ For a metric with baseline values ``b`` (one per seed) and variant values ``v``:
     unpaired:                      statistic = mean(v*) - mean(b*), each group resampled on its own
 
 The 95% interval is the percentile interval of that bootstrap distribution (inverted-CDF quantiles
-at 2.5% and 97.5%). With few seeds the distribution is enumerated exactly (every index tuple, each
-equally likely: n^n tuples paired, n^n * m^m unpaired, when at most ``EXACT_LIMIT``); otherwise
-``scipy.stats.bootstrap`` draws ``resamples`` with a fixed seed. One value per group gives no interval.
+at 2.5% and 97.5%). A seed-level interval needs at least ``MIN_SEEDS`` (3) values per group: over two
+seeds a percentile bootstrap is just their range. With few seeds the distribution is enumerated
+exactly (every index tuple, each equally likely: n^n tuples paired, n^n * m^m unpaired, when at most
+``EXACT_LIMIT``); otherwise ``scipy.stats.bootstrap`` draws ``resamples`` with a fixed seed.
+
+When the runs wrote per-case tables, :func:`two_level_ci` takes the interval over seeds *and* cases,
+paired by seed and case: d_sc = v_sc - b_sc (or v_sc - reference), statistic = mean over seeds of the
+mean over cases. Each resample draws seeds with replacement (only with at least ``MIN_SEEDS`` seeds;
+with fewer the seeds are kept as they are and the interval covers case variation only, given those
+seeds), then, within each drawn seed, subjects with replacement, each bringing all its cases (slices of
+one subject are not independent).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +32,10 @@ from scipy import stats as sps
 
 EXACT_LIMIT = 200_000
 LEVEL = 0.95
+MIN_SEEDS = 3
+COVERS_SEEDS = "seeds"
+COVERS_BOTH = "seeds and cases (subjects)"
+COVERS_CASES = "cases (subjects) only; fewer than 3 seeds, so the seeds are held fixed"
 
 
 @dataclass
@@ -63,7 +76,8 @@ def bootstrap_ci(base, variant, paired: bool, resamples: int = 10_000, seed: int
                  level: float = LEVEL) -> tuple[float, float] | None:
     """Percentile interval of mean(variant) - mean(base); ``base`` None compares with 0 (one sample).
 
-    ``paired`` needs equal lengths, element i of both from the same seed. None when a group has one value.
+    ``paired`` needs equal lengths, element i of both from the same seed. None when a group has fewer
+    than ``MIN_SEEDS`` values.
     """
     v = np.asarray(variant, dtype=float)
     b = None if base is None else np.asarray(base, dtype=float)
@@ -71,7 +85,7 @@ def bootstrap_ci(base, variant, paired: bool, resamples: int = 10_000, seed: int
         if len(b) != len(v):
             raise ValueError("paired bootstrap needs one baseline value per variant value")
         v, b = v - b, None
-    if len(v) < 2 or (b is not None and len(b) < 2):
+    if len(v) < MIN_SEEDS or (b is not None and len(b) < MIN_SEEDS):
         return None
     exact_size = len(v) ** len(v) * (1 if b is None else len(b) ** len(b))
     if exact_size <= EXACT_LIMIT:
@@ -91,3 +105,41 @@ def bootstrap_ci(base, variant, paired: bool, resamples: int = 10_000, seed: int
 
 def excludes_zero(ci) -> bool:
     return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+def two_level_ci(base: dict | None, variant: dict, reference: float = 0.0, resamples: int = 10_000, seed: int = 0,
+                 level: float = LEVEL):
+    """``(interval, covers, n_cases)`` of the paired difference over seeds and cases; ``(None, reason, n)`` if none.
+
+    ``base``/``variant``: ``{seed: {case: (subject, value)}}``; ``base`` None compares with ``reference``.
+    Only seeds and cases present in both are used.
+    """
+    seeds = sorted(variant if base is None else set(base) & set(variant), key=str)
+    diffs = {}
+    for s in seeds:
+        cases = variant[s] if base is None else {c: variant[s][c] for c in set(base[s]) & set(variant[s])}
+        diffs[s] = {c: (subj, value - (reference if base is None else base[s][c][1]))
+                    for c, (subj, value) in cases.items()}
+    subjects = sorted({subj for d in diffs.values() for subj, _ in d.values()})
+    n_cases = sum(len(d) for d in diffs.values())
+    if not seeds or len(subjects) < 2:
+        return None, "fewer than 2 subjects with paired cases", n_cases
+    col = {subj: j for j, subj in enumerate(subjects)}
+    sums, counts = np.zeros((len(seeds), len(subjects))), np.zeros((len(seeds), len(subjects)))
+    for i, s in enumerate(seeds):
+        for subj, d in diffs[s].values():
+            sums[i, col[subj]] += d
+            counts[i, col[subj]] += 1
+    rng = np.random.default_rng(seed)
+    n_seeds, n_subj = len(seeds), len(subjects)
+    if n_seeds >= MIN_SEEDS:
+        seed_idx, covers = rng.integers(0, n_seeds, (resamples, n_seeds)), COVERS_BOTH
+    else:
+        seed_idx, covers = np.broadcast_to(np.arange(n_seeds), (resamples, n_seeds)), COVERS_CASES
+    subj_idx = rng.integers(0, n_subj, (resamples, n_seeds, n_subj))
+    total = sums[seed_idx[..., None], subj_idx].sum(-1)
+    count = counts[seed_idx[..., None], subj_idx].sum(-1)
+    with warnings.catch_warnings():  # a resample whose seeds drew no case of any subject: NaN, dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stat = np.nanmean(np.where(count > 0, total / np.maximum(count, 1), np.nan), axis=1)
+    return _quantiles(stat[np.isfinite(stat)], level), covers, n_cases
