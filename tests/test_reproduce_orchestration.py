@@ -10,8 +10,8 @@ import pytest
 from plugins.common.errors import InputError, run_main
 from plugins.report.runs import Run
 from plugins.reproduce import COMPARISONS, Context, check_scale, reproduce
-from plugins.reproduce.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Check, claim_verdict, decide,
-                                      evaluate_check)
+from plugins.reproduce.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, UNTESTABLE, Check, Gate,
+                                      claim_verdict, decide, evaluate_check, evaluate_gate, gate_line)
 from plugins.reproduce.jobs import run_jobs
 
 TINY = {
@@ -38,10 +38,12 @@ def test_reports_index_and_verdicts(reproduction):
     verdicts = json.loads((root / "verdicts.json").read_text())
     entry = verdicts["comparisons"][0]
     assert verdicts["scale"] == "quick" and entry["key"] == "bea"
-    assert entry["verdict"] == INCONCLUSIVE  # one seed: no interval
-    assert [c["note"] for c in entry["checks"]] == ["fewer than 2 seeds"] * 2
+    assert entry["verdict"] == UNTESTABLE  # two training steps: the baseline cannot pass its gates
+    assert [g["passed"] for g in entry["gates"]] == [False, False]
+    assert all(c["verdict"] == INCONCLUSIVE for c in entry["checks"])  # one seed, pooled AUPRC: no interval
     html = (root / "index.html").read_text()
-    assert "Scale: quick scale" in html and "bea/index.html" in html and "inconclusive" in html
+    assert "Scale: quick scale" in html and "bea/index.html" in html and "untestable at this scale" in html
+    assert "gate bea_mse fpdm/mixed.auprc" in html
     report = json.loads((root / "bea" / "summary.json").read_text())
     assert list(report["groups"]) == ["plain", "bea_mse", "bea_dual"] and "fpdm/mixed.auprc" in report["metrics"]
     assert set(report["config_diff"]) == {"use_bea", "boundary_loss_weight"}
@@ -89,17 +91,18 @@ def test_decision_rule(interval, margin, min_effect, verdict):
     assert decide(interval, margin, min_effect) == verdict
 
 
-def _run(seed, **final):
-    return Run(path=f"/r{seed}", config={"seed": seed}, final=final)
+def _run(seed, cases=None, **final):
+    return Run(path=f"/r{seed}", config={"seed": seed}, final=final, cases=cases or {})
 
 
 def test_checks_by_hand():
-    groups = {"base": [_run(0, auc=0.50, dice=0.80), _run(1, auc=0.52, dice=0.70)],
-              "new": [_run(0, auc=0.60, dice=0.79), _run(1, auc=0.70, dice=0.71)]}
+    groups = {"base": [_run(0, auc=0.50, dice=0.80), _run(1, auc=0.52, dice=0.70), _run(2, auc=0.54, dice=0.75)],
+              "new": [_run(0, auc=0.60, dice=0.79), _run(1, auc=0.70, dice=0.71), _run(2, auc=0.64, dice=0.75)]}
     raised = evaluate_check(Check("auc", "new", "base"), groups)
-    # paired differences 0.10 and 0.18: interval [0.10, 0.18], mean difference 0.14
-    assert raised["ci"] == pytest.approx([0.10, 0.18]) and raised["diff"] == pytest.approx(0.14)
-    assert raised["verdict"] == SUPPORTED
+    # paired differences 0.10, 0.18, 0.10: of the 27 equally likely resamples the smallest mean is 0.10 and
+    # the largest 0.18, each 1/27 > 2.5% likely, so they bound the interval; mean difference 0.38 / 3
+    assert raised["ci"] == pytest.approx([0.10, 0.18]) and raised["diff"] == pytest.approx(0.38 / 3)
+    assert raised["verdict"] == SUPPORTED and raised["covers"] == "seeds"
     kept = evaluate_check(Check("dice", "new", "base", margin=0.02), groups)
     assert kept["ci"] == pytest.approx([-0.01, 0.01]) and kept["verdict"] == SUPPORTED
     chance = evaluate_check(Check("auc", "new", None, reference=0.5, min_effect=0.05), groups)
@@ -110,3 +113,32 @@ def test_checks_by_hand():
     assert missing["verdict"] == INCONCLUSIVE and missing["note"] == "missing in base"
     assert claim_verdict([raised, kept]) == SUPPORTED
     assert claim_verdict([raised, missing]) == INCONCLUSIVE and claim_verdict([raised, lower]) == NOT_SUPPORTED
+    two = {k: runs[:2] for k, runs in groups.items()}
+    few = evaluate_check(Check("auc", "new", "base"), two)
+    assert few["ci"] is None and few["verdict"] == INCONCLUSIVE and "fewer than 3 seeds" in few["note"]
+
+
+def test_two_level_check_on_cases_with_two_seeds():
+    def runs(shift):
+        return [_run(s, cases={"eval/case.dice": {f"{subj}": (subj, 0.5 + shift) for subj in "ABCD"}},
+                     **{"eval/case.dice": 0.5 + shift}) for s in (0, 1)]
+    result = evaluate_check(Check("eval/case.dice", "new", "base", min_effect=0.01),
+                            {"base": runs(0.0), "new": runs(0.1)})
+    assert result["ci"] == pytest.approx([0.1, 0.1]) and result["verdict"] == SUPPORTED
+    assert result["covers"].startswith("cases (subjects) only") and result["n_cases"] == 8
+
+
+def test_competence_gate_makes_a_claim_untestable():
+    groups = {"base": [_run(0, auprc=0.10, flair=0.30, prevalence=0.02), _run(1, auprc=0.12, flair=0.34,
+                                                                             prevalence=0.02)]}
+    random_gate = evaluate_gate(Gate("base", "auprc", "prevalence", factor=2.0), groups)
+    assert random_gate["passed"] and random_gate["value"] == pytest.approx(0.11)
+    assert random_gate["threshold"] == pytest.approx(0.04)
+    flair_gate = evaluate_gate(Gate("base", "auprc", "flair", label="FLAIR thresholding"), groups)
+    assert not flair_gate["passed"] and flair_gate["threshold"] == pytest.approx(0.32)
+    assert "FLAIR thresholding" in gate_line(flair_gate) and gate_line(flair_gate).endswith("fails")
+    missing = evaluate_gate(Gate("base", "psnr", None, reference=20.0), groups)
+    assert not missing["passed"] and missing["note"] == "missing in base"
+    supported = {"verdict": SUPPORTED}
+    assert claim_verdict([supported], [random_gate, flair_gate]) == UNTESTABLE
+    assert claim_verdict([supported], [random_gate]) == SUPPORTED

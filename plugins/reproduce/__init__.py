@@ -2,7 +2,8 @@
 
 ``reproduce(ctx, keys)`` runs each comparison of :data:`COMPARISONS` in turn (its jobs through the
 project's scripts, one at a time, resumable), writes its report with :mod:`plugins.report` into
-``ROOT/<comparison>/``, judges its claim (:mod:`plugins.reproduce.claims`), and writes
+``ROOT/<comparison>/``, checks that its baseline beats the trivial reference (the competence gate) and
+judges its claim (:mod:`plugins.reproduce.claims`), and writes
 ``ROOT/index.html``/``index.md`` (verdicts, links, scale) and ``ROOT/verdicts.json``.
 """
 
@@ -13,7 +14,7 @@ import os
 
 from plugins.common.errors import InputError
 from plugins.report import compare, read_groups, terminal_summary, write_report
-from plugins.reproduce.claims import check_line, claim_verdict, evaluate_check
+from plugins.reproduce.claims import check_line, claim_verdict, evaluate_check, evaluate_gate, gate_line
 from plugins.reproduce.comparisons import COMPARISONS, SCALES, Context
 from plugins.reproduce.index import write_index
 from plugins.reproduce.jobs import Job, JobFailed, run_jobs
@@ -60,11 +61,17 @@ def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000
     result = compare(groups, resamples=resamples)
     report = os.path.join(ctx.root, key)
     write_report(groups, result, report, comp.title, scale_note(ctx) + f" Claim: {comp.claim}")
-    checks = [evaluate_check(c, groups, resamples=resamples) for c in comp.checks]
+    gates = [evaluate_gate(g, groups) for g in comp.gates]
+    checks = []
+    for check in comp.checks:
+        why = result["not_comparable"].get(check.variant) or result["not_comparable"].get(check.baseline)
+        checks.append({"check": check.describe(), "verdict": "inconclusive", "variant_mean": None, "note": why}
+                      if why else evaluate_check(check, groups, resamples=resamples))
     print(f"\n{comp.title}\n{terminal_summary(result)}")
-    entry = {"key": key, "title": comp.title, "claim": comp.claim, "verdict": claim_verdict(checks),
-             "checks": checks, "report": report, "seconds": job_seconds(ctx.root, jobs)}
-    print(f"verdict: {entry['verdict']}\n" + "\n".join(f"  {check_line(c)}" for c in checks))
+    entry = {"key": key, "title": comp.title, "claim": comp.claim, "verdict": claim_verdict(checks, gates),
+             "gates": gates, "checks": checks, "report": report, "seconds": job_seconds(ctx.root, jobs)}
+    print(f"verdict: {entry['verdict']}\n" + "\n".join(f"  {line}" for line in
+                                                        [*map(gate_line, gates), *map(check_line, checks)]))
     return entry
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from plugins.backbones.registry import TINY_BACKBONES
-from plugins.reproduce.claims import Check
+from plugins.reproduce.claims import Check, Gate
 from plugins.reproduce.jobs import Job
 
 SCALES = ("quick", "default")
@@ -97,6 +97,7 @@ class Comparison:
     title: str
     claim: str
     variants: list
+    gates: list  # the baseline's competence gates (claims.Gate)
     checks: list
     plan: object  # (ctx) -> (jobs, {variant: [run dirs]})
 
@@ -238,6 +239,10 @@ COMPARISONS = {c.key: c for c in [
     Comparison("bea", "Seed 000: BEA dual loss vs MSE-only (FPDM anomaly maps)",
                "The boundary-aware dual loss raises FPDM pixel AUPRC over the BEA MSE-only baseline.",
                ["plain", "bea_mse", "bea_dual"],
+               [Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_random_auprc", factor=2.0,
+                     label="2 x the random map's AUPRC (the lesion prevalence in the brain)"),
+                Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_flair.mixed.auprc",
+                     label="FLAIR thresholding's AUPRC")],
                [Check("fpdm/mixed.auprc", "bea_dual", "bea_mse", min_effect=0.005),
                 Check("fpdm/unhealthy.auprc", "bea_dual", "bea_mse", min_effect=0.005)],
                _bea_plan),
@@ -245,6 +250,8 @@ COMPARISONS = {c.key: c for c in [
                "Weighted and combined reconstruction losses stop all-black reconstructions (higher foreground "
                "Dice than l1).",
                ["l1", "weighted", "combined"],
+               [Gate("l1", "summary/val_psnr", "summary/reference_black.psnr", margin=1.0,
+                     label="the all-black reconstruction's PSNR")],
                [Check("summary/val_fg_dice", "weighted", "l1", min_effect=0.01),
                 Check("summary/val_fg_dice", "combined", "l1", min_effect=0.01)],
                _ae_plan),
@@ -252,12 +259,15 @@ COMPARISONS = {c.key: c for c in [
                "Staged training keeps the segmentation Dice of segmentation-only training (within 0.02) while "
                "adding a classifier better than chance (AUC > 0.5).",
                ["seg_only", "joint", "staged"],
+               [Gate("seg_only", "epoch/dice", "epoch/reference_flair.dice", label="FLAIR thresholding's Dice")],
                [Check("epoch/dice", "staged", "seg_only", margin=0.02),
                 Check("epoch/auc", "staged", None, reference=0.5, min_effect=0.05)],
                _seg_plan),
     Comparison("sr", "Seed 003: SR diffusion-only vs the pixel-space loss branch",
                "The pixel-space loss raises PSNR and SSIM of latent rectified-flow SR.",
                ["diffusion_only", "pixel_loss"],
+               [Gate("diffusion_only", "eval/sr.psnr", "eval/bicubic.psnr", label="bicubic PSNR"),
+                Gate("diffusion_only", "eval/sr.ssim", "eval/bicubic.ssim", label="bicubic SSIM")],
                [Check("eval/sr.psnr", "pixel_loss", "diffusion_only", min_effect=0.1),
                 Check("eval/sr.ssim", "pixel_loss", "diffusion_only", min_effect=0.005)],
                _sr_plan),
@@ -265,6 +275,8 @@ COMPARISONS = {c.key: c for c in [
                "The UNet matches the DiT (PSNR within 0.5 dB) at a fraction of its cost (fewer parameters, "
                "faster inference).",
                ["unet", "dit", "hybrid"],
+               [Gate(arm, "benchmark/psnr", "benchmark/bicubic_psnr", label="bicubic PSNR")
+                for arm in ("unet", "dit", "hybrid")],
                [Check("benchmark/psnr", "unet", "dit", margin=0.5),
                 Check("benchmark/params_m", "unet", "dit", direction="lower"),
                 Check("benchmark/inference_s_per_image", "unet", "dit", direction="lower")],

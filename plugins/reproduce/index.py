@@ -1,12 +1,12 @@
-"""The reproduction's index page: one line per claim (verdict with its numbers), a link to each
-comparison's report, the scale that produced it and the time each comparison took."""
+"""The reproduction's index page: one line per claim (verdict), its competence gates and checks with
+their numbers, a link to each comparison's report, the scale that produced it and the time each took."""
 
 from __future__ import annotations
 
 import html
 import os
 
-from plugins.reproduce.claims import check_line
+from plugins.reproduce.claims import check_line, gate_line
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}li{margin:.3em 0}"
          ".supported{color:#1a7f37}.not{color:#b42318}.inconclusive{color:#8a6d00}code{font-size:12px}")
@@ -16,18 +16,25 @@ def _css(verdict: str) -> str:
     return {"supported": "supported", "not supported": "not"}.get(verdict, "inconclusive")
 
 
+GATE_RULE = ("A verdict is drawn only when the claim's baseline beats its trivial reference (the gate); otherwise "
+             "the claim is untestable at this scale. Intervals: see each report (two-level bootstrap over seeds "
+             "and cases where per-case tables exist; seed-level intervals need at least 3 seeds).")
+
+
 def write_index(root: str, entries: list[dict], scale_note: str) -> str:
     """``entries``: {"key", "title", "claim", "verdict", "checks", "report", "seconds"}; writes index.html/.md."""
-    md = ["# Reproduction of the seeds' claims", "", scale_note, ""]
-    body = [f"<h1>Reproduction of the seeds' claims</h1><p>{html.escape(scale_note)}</p><ul>"]
+    md = ["# Reproduction of the seeds' claims", "", scale_note, "", GATE_RULE, ""]
+    body = [f"<h1>Reproduction of the seeds' claims</h1><p>{html.escape(scale_note)}</p>"
+            f"<p>{html.escape(GATE_RULE)}</p><ul>"]
     for e in entries:
         rel = os.path.relpath(e["report"], root)
         md += [f"- **{e['verdict']}** — {e['claim']} ([{e['title']}]({rel}/report.md), {e['seconds']:.0f} s)"]
-        md += [f"  - {check_line(c)}" for c in e["checks"]]
+        lines = [*map(gate_line, e.get("gates", [])), *map(check_line, e["checks"])]
+        md += [f"  - {line}" for line in lines]
         body.append(f"<li><b class='{_css(e['verdict'])}'>{html.escape(e['verdict'])}</b> — "
                     f"{html.escape(e['claim'])} (<a href='{html.escape(rel)}/index.html'>{html.escape(e['title'])}"
                     f"</a>, {e['seconds']:.0f} s)<ul>")
-        body += [f"<li><code>{html.escape(check_line(c))}</code></li>" for c in e["checks"]]
+        body += [f"<li><code>{html.escape(line)}</code></li>" for line in lines]
         body.append("</ul></li>")
     body.append("</ul>")
     with open(os.path.join(root, "index.md"), "w") as f:
