@@ -5,8 +5,10 @@
 1. The same BEA model trains with lambda = 0.3 and with the MSE-only loss, steps interleaved:
    step-time ratio (target <= 1.03) and memory ratio (target <= 1.03): activation bytes saved for
    backward on any device, and peak CUDA memory on a GPU.
-2. FPDM: guided + unguided in one 2B forward pass against two B forward passes (ratio), and
-   slices per second of the batched version at 64 and 128 px.
+2. FPDM: healthy + null class in one 2B forward pass against two B forward passes (ratio), and
+   slices per second of the whole forward process for both protocols (anofpdm: DDIM inversion,
+   fast: q_sample) at 64 and 128 px, over ``--fpdm_steps`` steps; a full run at stride s takes
+   ``600 / s`` steps, so slices per second there = the figure * fpdm_steps / (600 / s).
 One JSON line per figure.
 """
 
@@ -16,8 +18,8 @@ import warnings
 import torch
 
 from patches.guided_diffusion import DIFFUSION_DEFAULTS, MODEL_DEFAULTS, SeamTrainLoop, create_seam_diffusion, create_seam_model, setup_dist
-from plugins.bea.fpdm import forward_predictions
-from plugins.bea.plugin import BEA_DEFAULTS, NULL_CLASS, NUM_CLASSES, attach_bea, bea_loss_term
+from plugins.bea.fpdm import PROTOCOLS, forward_process
+from plugins.bea.plugin import BEA_DEFAULTS, NULL_CLASS, NUM_CLASSES, attach_bea, bea_loss_terms
 from plugins.common.bench import interleaved_times, paired_ratios, peak_device_memory, report, saved_tensor_bytes
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -36,7 +38,8 @@ def bea_loop(image_size, batch_size, weight):
     model = create_seam_model(**model_kwargs(image_size))
     attach_bea(model, argparse.Namespace(**BEA_DEFAULTS))
     diffusion = create_seam_diffusion(**DIFFUSION_DEFAULTS)
-    diffusion.add_loss_term(bea_loss_term(weight))
+    for term in bea_loss_terms(weight):
+        diffusion.add_loss_term(term)
     loop = SeamTrainLoop(model=model, diffusion=diffusion, data=None, batch_size=batch_size, microbatch=-1,
                          lr=1e-4, ema_rate="0.9999", log_interval=10**9, save_interval=10**9, resume_checkpoint="")
     device = next(model.parameters()).device
@@ -69,7 +72,7 @@ def bench_fpdm(args):
         diffusion = create_seam_diffusion(**DIFFUSION_DEFAULTS)
         device = next(model.parameters()).device
         x0 = torch.rand(args.fpdm_batch, 4, size, size, device=device) * 2 - 1
-        timesteps = list(range(9, 10 * args.fpdm_steps, 10))
+        timesteps = list(range(0, args.fpdm_steps))
         t = torch.full((args.fpdm_batch,), 99, device=device)
         healthy = torch.zeros(args.fpdm_batch, dtype=torch.long, device=device)
         null = torch.full_like(healthy, NULL_CLASS)
@@ -86,10 +89,13 @@ def bench_fpdm(args):
         ratios, times = paired_ratios({"batched": batched, "separate": separate}, "separate", rounds=args.rounds)
         report("fpdm_batched_vs_two_forwards_time_ratio", ratios["batched"], image_size=size,
                batch=args.fpdm_batch, batched_s=round(times["batched"], 5), separate_s=round(times["separate"], 5))
-        run = interleaved_times({"fpdm": lambda: forward_predictions(
-            model, diffusion, x0, [2, 3], timesteps, torch.Generator().manual_seed(0))}, rounds=2, warmup=0)["fpdm"]
-        report("fpdm_slices_per_second", args.fpdm_batch / run, image_size=size, steps=len(timesteps),
-               batch=args.fpdm_batch)
+        runs = interleaved_times({p: (lambda p=p: forward_process(
+            model, diffusion, x0, [2, 3], timesteps, 2.0, p, torch.Generator().manual_seed(0)))
+            for p in PROTOCOLS}, rounds=2, warmup=1)
+        for protocol, seconds in runs.items():
+            report("fpdm_slices_per_second", args.fpdm_batch / seconds, protocol=protocol, image_size=size,
+                   steps=len(timesteps), batch=args.fpdm_batch,
+                   full_run_slices_per_second_stride1=args.fpdm_batch / seconds * len(timesteps) / 600)
 
 
 def main():
@@ -98,7 +104,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--fpdm_batch", type=int, default=8)
-    parser.add_argument("--fpdm_steps", type=int, default=10, help="strided steps per slice (t_max / t_stride)")
+    parser.add_argument("--fpdm_steps", type=int, default=10, help="forward steps timed per slice (a full run: t_max / t_stride)")
     parser.add_argument("--num_channels", type=int, default=32)
     parser.add_argument("--num_res_blocks", type=int, default=1)
     args = parser.parse_args()

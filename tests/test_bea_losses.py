@@ -1,14 +1,14 @@
-"""BEA pieces on plain tensors: Sobel, gate, dual-loss term, feature pairs, FPDM maths."""
+"""BEA pieces on plain tensors: Sobel, gate, dual-loss term, feature pairs."""
 
-import numpy as np
 import pytest
 import torch
 
 from patches.guided_diffusion import ForwardContext, create_seam_model
-from plugins.bea.dual_loss import boundary_consistency_loss, boundary_weights, feature_pair
+from plugins.bea.dual_loss import boundary_consistency_loss, boundary_weights, feature_norms, skip_partner
 from plugins.bea.edges import sobel_magnitude
-from plugins.bea.fpdm import ForwardPredictions, anomaly_maps, predict_masks, quantile_for, tune_sim_threshold
 from plugins.bea.gate import BoundaryGate
+from plugins.bea.plugin import bea_pair
+from plugins.common.errors import InputError
 from tests.gd_tiny import TINY_MODEL
 
 
@@ -31,7 +31,8 @@ def test_boundary_loss_against_hand_computation():
     dec = torch.zeros_like(enc)
     g = torch.nn.functional.adaptive_avg_pool2d(sobel_magnitude(x0), (2, 2))
     w = g / (g.mean() + 1e-6)
-    expected = (w * enc.abs()).mean()
+    standard = (enc - enc.mean((2, 3), keepdim=True)) / (enc.var((2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    expected = (w * standard.abs()).mean()  # a constant decoder feature standardises to 0
     assert torch.allclose(boundary_consistency_loss(enc, dec, x0), expected.reshape(1))
     assert torch.allclose(boundary_weights(x0, (2, 2)).mean(), torch.tensor(1.0), atol=1e-5)
     with pytest.raises(ValueError, match="same shape"):
@@ -48,42 +49,37 @@ def test_gate_starts_as_identity_and_learns():
     assert gate.proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("image_size, level", [(32, -1), (32, 0), (64, 1), (64, -1)])
-def test_feature_pair_has_equal_width_and_resolution(image_size, level):
-    model = create_seam_model(**{**TINY_MODEL, "image_size": image_size, "num_res_blocks": 2})
-    enc, dec = feature_pair(len(model.channel_mult), model.num_res_blocks, level)
-    model.add_feature_tap("e", enc)
-    model.add_feature_tap("d", dec)
+@pytest.mark.parametrize("image_size, res_blocks", [(32, 1), (32, 2), (64, 1), (64, 2)])
+def test_default_pair_has_equal_shape_and_is_not_a_skip_pair(image_size, res_blocks):
+    model = create_seam_model(**{**TINY_MODEL, "image_size": image_size, "num_res_blocks": res_blocks})
+    enc, dec = bea_pair(model)
+    assert skip_partner(len(model.input_blocks), dec) != enc and enc > 0
+    model.add_feature_tap("e", ("input", enc))
+    model.add_feature_tap("d", ("output", dec))
     model(torch.randn(1, 2, image_size, image_size), torch.tensor([3]))
     assert model.features["e"].shape == model.features["d"].shape
-    expected = image_size // 2 ** (level % len(model.channel_mult))
-    assert model.features["e"].shape[-1] == expected
-    with pytest.raises(ValueError, match="bea_feature_level"):
-        feature_pair(3, 1, 5)
 
 
-def test_anomaly_maps_by_hand():
-    # K=3 steps, B=1, M=1 modality, 8x8; cond/uncond differ most at step 1
-    x0 = torch.zeros(1, 1, 8, 8)
-    cond = torch.zeros(3, 1, 1, 8, 8)
-    uncond = torch.zeros(3, 1, 1, 8, 8)
-    cond[0] += 0.1
-    cond[1, ..., 2:6, 2:6] += 1.0
-    cond[2] += 0.2
-    pred = ForwardPredictions(x0=x0, cond=cond, uncond=uncond, timesteps=[9, 19, 29])
-    res = anomaly_maps(pred, w=1.0, median_size=1)
-    assert res.t_e.tolist() == [1]
-    guided = 2 * cond  # (1 + w) cond - w * uncond with uncond = 0
-    expected = ((guided[0] - x0) ** 2 + (guided[1] - x0) ** 2)[0, 0] / 2
-    assert torch.allclose(res.maps[0], expected)
-    assert torch.allclose(res.m_te, (guided[1] ** 2).mean().reshape(1))
+def test_pair_by_index_refuses_skip_partners_and_shape_mismatch():
+    model = create_seam_model(**TINY_MODEL)
+    n = len(model.input_blocks)
+    with pytest.raises(InputError, match="skip input"):
+        bea_pair(model, n - 1, 0)  # the old default: output_blocks[0] concatenates input_blocks[-1]
+    with pytest.raises(InputError, match="same shape"):
+        bea_pair(model, 1, 0)
+    with pytest.raises(InputError, match="expected 0.."):
+        bea_pair(model, n, 0)
 
 
-def test_thresholds_quantile_rule_and_similarity_cut():
-    assert torch.allclose(quantile_for(torch.tensor([0.0, 0.5, 2.0]), 1.0), torch.tensor([0.98, 0.94, 0.90]))
-    maps = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 10, 10)
-    masks, calls = predict_masks(maps, torch.tensor([1.0, 1.0]), torch.tensor([0.2, 0.9]), 1.0, 0.5)
-    assert calls.tolist() == [1, 0]
-    assert masks[0].sum() == 10 and masks[1].sum() == 0  # top 10% of the first map; healthy call: empty
-    cut = tune_sim_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0]))
-    assert 0.2 <= cut < 0.8
+def test_loss_ignores_scale_and_offset_and_stops_the_encoder_gradient():
+    x0 = torch.rand(2, 2, 16, 16)
+    enc, dec = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    base = boundary_consistency_loss(enc, dec, x0)
+    assert torch.allclose(boundary_consistency_loss(10 * enc, 10 * dec + 5.0, x0), base, rtol=1e-4)
+    assert torch.allclose(boundary_consistency_loss(enc, 3.0 * enc - 1.0, x0), torch.zeros(2), atol=1e-4)
+    enc.requires_grad_(True)
+    dec.requires_grad_(True)
+    boundary_consistency_loss(enc, dec, x0).sum().backward()
+    assert enc.grad is None and dec.grad.abs().sum() > 0  # the encoder feature is a stop-gradient target
+    ratio, rms = feature_norms(2 * enc, enc)
+    assert torch.allclose(ratio, torch.full((2,), 2.0)) and torch.allclose(rms, 2 * enc.pow(2).mean((1, 2, 3)).sqrt())

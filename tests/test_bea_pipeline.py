@@ -11,14 +11,15 @@ from guided_diffusion import logger
 from guided_diffusion.unet import UNetModel
 
 from patches.guided_diffusion import create_seam_diffusion, create_seam_model
-from plugins.bea.plugin import BEA_DEFAULTS, NUM_CLASSES, attach_bea, bea_loss_term
+from plugins.bea.plugin import BEA_DEFAULTS, NUM_CLASSES, attach_bea, bea_loss_terms
 from plugins.common.errors import run_main
+from plugins.common.run_log import read_case_table
 from tests.gd_tiny import TINY_DIFFUSION, TINY_MODEL, batches, close_logger, seam_loop
 
 TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
         "--num_heads", "1", "--batch_size", "4", "--diffusion_steps", "30", "--log_interval", "1",
         "--val_fraction", "0.4"]
-FPDM = ["--t_max", "30", "--t_stride", "10", "--w_grid", "0,2", "--batch_size", "8", "--slice_step", "3"]
+FPDM = ["--t_stride", "6", "--batch_size", "8", "--slice_step", "3"]
 CLASS_MODEL = {**TINY_MODEL, "num_classes": NUM_CLASSES}
 
 
@@ -33,7 +34,8 @@ def _bea_loop(run_dir, weight):
     attach_bea(model, args)
     diffusion = create_seam_diffusion(**TINY_DIFFUSION)
     if weight is not None:
-        diffusion.add_loss_term(bea_loss_term(weight))
+        for term in bea_loss_terms(weight):
+            diffusion.add_loss_term(term)
     loop = seam_loop(run_dir, _labelled(3), max_steps=3, model=model, diffusion=diffusion)
     loop.run_loop()
     close_logger()
@@ -101,22 +103,33 @@ def bea_run(tmp_path_factory, tiny_cohort, load_script):
 
 def test_training_logs_each_term_and_fpdm_writes_every_output(bea_run, load_script, tmp_path):
     record = json.loads(open(bea_run / "metrics_step.jsonl").readlines()[-1])
-    assert {"loss", "mse", "l_bea", "step_time_s", "peak_mem_mb"} <= set(record)
+    assert {"loss", "mse", "l_bea", "bea_norm_ratio", "bea_enc_rms", "step_time_s", "peak_mem_mb"} <= set(record)
     assert json.loads((bea_run / "config.json").read_text())["boundary_loss_weight"] == 0.3
     out = tmp_path / "fpdm"
     assert _run(load_script, "translation_FPDM_bea_dual_loss",
                 ["--model_path", bea_run, "--out_dir", out, "--image_size", "32", *FPDM]) == 0
-    assert {"maps.npz", "metrics.json", "metrics.csv", "grid.png"} <= set(os.listdir(out))
+    assert {"maps.npz", "metrics.json", "metrics.csv", "cases.csv", "grid.png"} <= set(os.listdir(out))
     result = json.loads((out / "metrics.json").read_text())
-    assert result["tuned"]["w"] in (0.0, 2.0) and set(result["tuned"]["val_auprc"]) == {"0.0", "2.0"}
-    mixed = result["metrics"]["mixed"]
-    assert {"auprc", "auroc", "dice", "iou", "image_accuracy", "num_slices"} <= set(mixed)
-    assert result["metrics"]["unhealthy"] is None or result["metrics"]["unhealthy"]["num_slices"] > 0
+    protocol = result["protocol"]
+    assert protocol["name"] == "anofpdm" and protocol["w"] == 2.0 and protocol["t_max"] == 18  # 60% of 30 steps
+    assert protocol["num_steps"] == 3 and len(result["tuned"]["m_max"]) == 2
+    for table in (result["metrics"], result["reference_flair"]):
+        assert {"auprc", "auroc", "dice", "iou", "image_accuracy", "num_slices"} <= set(table["mixed"])
+    assert set(result["reference_random_auprc"]) == {"mixed", "unhealthy"}
+    cases = read_case_table(str(out / "cases.csv"))
+    assert len(cases) == result["metrics"]["mixed"]["num_slices"]
+    assert {"case", "subject", "slice_label", "call", "correct", "dice", "iou", "dice_ungated", "brain_pixels",
+            "lesion_pixels", "flair_call", "flair_correct", "flair_dice", "flair_iou"} <= set(cases[0])
+    help_text = load_script("translation_FPDM_bea_dual_loss").parser().format_help()
+    assert "60% of them" in help_text and "DDIM inversion" in help_text
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--w_grid=-1,2"], "--w_grid"),
+    (["--w=-1"], "--w: got -1.0"),
+    (["--protocol", "slow"], "--protocol: got 'slow'"),
     (["--t_max", "31"], "--t_max: got 31; expected 1..30"),
+    (["--t_stride", "40"], "--t_stride: got 40"),
+    (["--bea_enc_block", "5", "--bea_dec_block", "0"], "--bea_enc_block 5"),
     (["--fpdm_modalities", "flair,dwi"], "dwi"),
     (["--image_size", "64"], "--image_size 64 (the checkpoint has 32)"),
     (["--use_ema", "False", "--model_path", "MISSING"], "no such file"),
@@ -145,6 +158,7 @@ def test_checkpoint_of_another_architecture_names_the_keys(bea_run, load_script,
     (["--boundary_loss_weight", "-0.1"], "--boundary_loss_weight: got -0.1"),
     (["--label_dropout", "1.0"], "--label_dropout: got 1.0"),
     (["--num_classes", "2"], "--num_classes: got 2"),
+    (["--bea_enc_block", "5", "--bea_dec_block", "0"], "skip input"),
 ])
 def test_training_bad_input(load_script, tiny_cohort, tmp_path, capsys, argv, message):
     assert _run(load_script, "train_bea_dual_loss",
