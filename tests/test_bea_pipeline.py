@@ -115,7 +115,7 @@ def test_training_logs_each_term_and_fpdm_writes_every_output(bea_run, load_scri
     assert protocol["num_steps"] == 3 and len(result["tuned"]["m_max"]) == 2
     for table in (result["metrics"], result["reference_flair"]):
         assert {"auprc", "auroc", "dice", "iou", "image_accuracy", "num_slices"} <= set(table["mixed"])
-    assert set(result["reference_random_auprc"]) == {"mixed", "unhealthy"}
+    assert 0 <= result["reference_random_auprc"] < 1
     cases = read_case_table(str(out / "cases.csv"))
     assert len(cases) == result["metrics"]["mixed"]["num_slices"]
     assert {"case", "subject", "slice_label", "call", "correct", "dice", "iou", "dice_ungated", "brain_pixels",

@@ -20,7 +20,7 @@ from plugins.report.stats import bootstrap_ci, two_level_ci
 TRAIN = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
          "--num_heads", "1", "--batch_size", "4", "--diffusion_steps", "30", "--log_interval", "1",
          "--val_fraction", "0.4", "--max_steps", "3", "--save_interval", "3"]
-FPDM = ["--image_size", "32", "--t_max", "30", "--t_stride", "10", "--w_grid", "0,2", "--batch_size", "8",
+FPDM = ["--image_size", "32", "--t_max", "30", "--t_stride", "10", "--batch_size", "8",
         "--slice_step", "3"]
 VARIANTS = {"mse": ["--boundary_loss_weight", "0"], "dual": []}
 

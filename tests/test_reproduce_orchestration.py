@@ -18,7 +18,7 @@ TINY = {
     "bea_train": ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions",
                   "8", "--num_heads", "1", "--batch_size", "4", "--diffusion_steps", "30", "--log_interval", "1",
                   "--val_fraction", "0.4", "--max_steps", "2", "--save_interval", "2"],
-    "bea_fpdm": ["--image_size", "32", "--t_max", "20", "--t_stride", "10", "--w_grid", "0", "--batch_size", "16",
+    "bea_fpdm": ["--image_size", "32", "--t_max", "20", "--t_stride", "10", "--batch_size", "16",
                  "--slice_step", "4", "--num_eval_cases", "1"],
 }
 

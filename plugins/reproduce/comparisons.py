@@ -33,7 +33,7 @@ SETTINGS = {
         "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--max_steps", "40", "--log_interval", "5",
                       "--save_interval", "20", "--lr", "3e-4"],
         # the raw weights: after 40 steps an EMA of rate 0.9999 is still the initialisation
-        "bea_fpdm": ["--image_size", "32", "--t_max", "40", "--t_stride", "10", "--w_grid", "0,2",
+        "bea_fpdm": ["--image_size", "32", "--t_max", "40", "--t_stride", "10",
                      "--batch_size", "24", "--slice_step", "3", "--use_ema", "False"],
         "ae_train": [*AE_TINY, "--max_steps", "40", "--data.crop_size", "[16, 16, 16]",
                      "--autoencoder.training.val_interval", "3", "--autoencoder.training.save_interval", "3",
