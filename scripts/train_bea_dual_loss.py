@@ -12,7 +12,7 @@ Baselines through the same script: ``--boundary_loss_weight 0`` (BEA, MSE only) 
 import sys
 
 from patches.guided_diffusion import setup_dist
-from plugins.bea.plugin import BEA_DEFAULTS, NUM_CLASSES, BeaPlugin
+from plugins.bea.plugin import BEA_DEFAULTS, BEA_HELP, NUM_CLASSES, BeaPlugin
 from plugins.common.errors import run_main
 from plugins.common.flags import make_parser
 from plugins.slice_diffusion.training import run_training, training_defaults
@@ -20,7 +20,11 @@ from plugins.slice_diffusion.training import run_training, training_defaults
 
 def main(argv=None):
     defaults = {**training_defaults(), "num_classes": NUM_CLASSES, **BEA_DEFAULTS}
-    args = make_parser(__doc__.splitlines()[0], defaults).parse_args(argv)
+    parser = make_parser(__doc__.splitlines()[0], defaults)
+    for action in parser._actions:
+        if action.dest in BEA_HELP:
+            action.help = f"{BEA_HELP[action.dest]} {action.help}"
+    args = parser.parse_args(argv)
     plugin = BeaPlugin(args)
     setup_dist()
     run_training(args, plugin)

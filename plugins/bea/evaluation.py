@@ -18,9 +18,7 @@ intensity as the map (same brain, same metrics; a slice is called unhealthy when
 mask is not empty); the random map's AUPRC is the lesion prevalence inside the brain of the test
 slices (``reference_random_auprc``, one number, to compare with "mixed").
 
-Differences from AnoFPDM's evaluation: AUPRC/AUROC pool the whole test set (AnoFPDM: mean over
-batches of 50 slices); masks are cut to the brain before the component filter and Dice/IoU count
-brain pixels (AnoFPDM: the whole slice; equal when the mask lies inside the brain).
+Each difference from AnoFPDM's evaluation is a row of the table in :mod:`plugins.bea.fpdm`.
 
 Outputs: ``metrics.json`` (keys ``protocol``, ``metrics``, ``reference_flair``,
 ``reference_random_auprc``, ``tuned``), ``metrics.csv``, ``cases.csv`` (one row per test slice,

@@ -26,7 +26,7 @@ healthy tuning slices' ``sim``, :func:`tune_sim_cut`) use slice labels, never pi
 ``x0(eps) = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps`` (upstream's ``_predict_xstart_from_eps``);
 ``clip`` is the data's value range (AnoFPDM: [-1, 1]).
 
-Where this module differs from AnoFPDM's code, deliberately:
+Where FPDM here (this module and :mod:`plugins.bea.evaluation`) differs from AnoFPDM's code, deliberately:
 
 =============================  ===============================  =========================================
 step                           AnoFPDM                          here, and why
@@ -42,7 +42,21 @@ aggregation window             steps ``[0, t_e)`` (empty, NaN,  steps ``[0, t_e]
 median filter padding          torch ``reflect``                scipy ``mirror`` (the same values)
 fast protocol                  ``d_reverse=False``              the same, as ``--protocol fast`` with
                                                                 stride 10 by default
+brain mask                     ``mean_c x > -0.95`` in [-1, 1]  ``mean_c x > lo + 0.025 (hi - lo)`` for
+                                                                the data's range (the same in [-1, 1])
+pixel AUPRC / AUROC            brain pixels, per batch of 50    brain pixels pooled over the test set
+                               slices, averaged over batches    (no dependence on batch composition)
+Dice / IoU                     per slice over the whole slice   per slice, the mask cut to the brain
+                               after the 40-px filter           before the 40-px filter (equal when the
+                                                                mask lies in the brain)
+tuning data                    ``num_batches_val`` random       the run's tuning half of the validation
+                               validation batches               subjects, every ``slice_step``-th slice
 =============================  ===============================  =========================================
+
+Unchanged from AnoFPDM: w fixed (BraTS: 2), clipped guided x0, the healthy class at w = 0 as the
+unguided reference, per-modality M_t / t_e / M_max / quantile with thresholds averaged over
+modalities, the 0.90-0.98 quantile range in 0.01 steps, the image cut, ungated masks for the
+unhealthy subset, the filled-area filter of components up to 40 pixels, smoothing 1e-6 in Dice/IoU.
 """
 
 from __future__ import annotations
@@ -125,9 +139,8 @@ def forward_process(model, diffusion, x0: torch.Tensor, channels: list[int], tim
     x_t = x0u = None
     for k, step in enumerate(timesteps):
         t = torch.full((b,), step, dtype=torch.long, device=device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
         if protocol == "fast" or k == 0:
-            x_t = diffusion.q_sample(x0, t, noise=noise)
+            x_t = diffusion.q_sample(x0, t, noise=torch.randn(x0.shape, generator=generator).to(device))
         else:
             x_t = ddim_invert(x_t, x0u, _abar(diffusion, timesteps[k - 1], x0), _abar(diffusion, step, x0))
         out = wrapped(torch.cat([x_t, x_t]), torch.cat([t, t]), y=y)[:, :c]  # learned-sigma models: [eps, var]
