@@ -23,7 +23,7 @@ from plugins.common.flags import EVAL_DEFAULTS, make_parser
 from plugins.common.run_log import CONFIG_FILE
 from plugins.data import BratsSliceDataset, settings_from_args
 from plugins.data.brats_layout import check_modalities
-from plugins.slice_diffusion.loading import load_trained_model, resolve_model_path, saved_config
+from plugins.slice_diffusion.loading import load_trained_model, resolve_model_path, saved_config, scored_weights
 from plugins.slice_diffusion.training import training_defaults
 
 MODEL_HELP = f"model flag; must agree with the run's {CONFIG_FILE} (read from there when omitted)"
@@ -61,7 +61,7 @@ def main(argv=None):
                      f"{run_dir} (tune subjects {', '.join(tune_subjects)})")
         test = run_fpdm(model, diffusion, test_set, tuned=tuned, desc="test", **kwargs)
     scored = score(test, tuned, fpdm.min_component)
-    extra = {"model": weights, "tune_subjects": tune_subjects, "test_subjects": test_subjects, "args": vars(args)}
+    extra = {"model": weights, "scored_weights": scored_weights(weights, config), "tune_subjects": tune_subjects, "test_subjects": test_subjects, "args": vars(args)}
     write_outputs(out_dir, test, scored, tuned, fpdm, extra)
     save_grid(os.path.join(out_dir, "grid.png"), test, scored.masks)
     summary = {f"{s}_{k}": v for s, m in scored.metrics.items() if m for k, v in m.items()}

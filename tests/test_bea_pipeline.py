@@ -116,6 +116,9 @@ def test_training_logs_each_term_and_fpdm_writes_every_output(bea_run, load_scri
     for table in (result["metrics"], result["reference_flair"]):
         assert {"auprc", "auroc", "dice", "iou", "image_accuracy", "num_slices"} <= set(table["mixed"])
     assert 0 <= result["reference_random_auprc"] < 1
+    weights = result["scored_weights"]  # the EMA of step 3, warmed up: the initialisation is gone
+    assert weights["weights"] == "ema" and weights["checkpoint_step"] == 3 and weights["ema_warmup"]
+    assert weights["ema_init_weight"] == 0.0 and 0 < weights["ema_mean_age_steps"] < 3
     cases = read_case_table(str(out / "cases.csv"))
     assert len(cases) == result["metrics"]["mixed"]["num_slices"]
     assert {"case", "subject", "slice_label", "call", "correct", "dice", "iou", "dice_ungated", "brain_pixels",

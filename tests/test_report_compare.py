@@ -170,7 +170,11 @@ def test_per_case_tables_and_refusal_of_other_validation_subjects(tmp_path, load
                       for s in "AB" for i in range(2)]
     base = _fake_run(tmp_path / "b", 0, {"score": 1.0}, cases=rows(0.0), val=["A", "B"])
     var = _fake_run(tmp_path / "v", 0, {"score": 2.0}, cases=rows(0.2), val=["A", "B"])
+    for run, ref in ((base, 0.3), (var, 0.4)):  # references beside "metrics" are read; other metadata is not
+        with open(os.path.join(run, "metrics.json"), "w") as f:
+            json.dump({"metrics": {"score": 1.0}, "reference_flair": {"dice": ref}, "protocol": {"w": 2}}, f)
     result = compare(read_groups([base, var]))
+    assert result["metrics"]["reference_flair.dice"]["v"]["mean"] == 0.4 and "protocol.w" not in result["metrics"]
     delta = result["deltas"]["case.dice"]["v"]
     assert result["metrics"]["case.dice"]["v"]["mean"] == pytest.approx(0.6)
     assert delta["ci"] == pytest.approx([0.0, 0.2]) and delta["covers"].startswith("cases (subjects) only")

@@ -6,8 +6,9 @@ Conventions (every pipeline of the project follows them):
   same epoch (e.g. a train line and a val line) are merged.
 - Final metrics: every ``metrics.json`` or ``summary.json`` at most two folders deep (a run's own
   evaluation outputs, e.g. ``fpdm/metrics.json``), numeric leaves flattened to
-  ``<folder>/<dotted.key>``; a top-level ``"metrics"`` dict, when present, is the only part read
-  (the rest is metadata). The merged last epoch adds ``epoch/<key>`` for keys no result file has.
+  ``<folder>/<dotted.key>``; a top-level ``"metrics"`` dict, when present, is read with the
+  top-level ``reference_*`` entries (trivial references scored by the same evaluation: FLAIR
+  thresholding, a random map, bicubic, the all-black reconstruction); the rest is metadata. The merged last epoch adds ``epoch/<key>`` for keys no result file has.
 - Per-case tables: every ``cases.csv`` beside a result file (``plugins.common.run_log.write_case_table``):
   each numeric column becomes ``cases[<folder>/case.<column>] = {case: (subject, value)}`` and its mean
   over cases the final metric of the same name, so intervals can be taken over cases.
@@ -135,7 +136,7 @@ def final_metrics(root: str, epochs: list[dict]) -> dict:
             if not isinstance(data, dict):
                 continue
             if isinstance(data.get("metrics"), dict):
-                data = data["metrics"]
+                data = {**data["metrics"], **{k: v for k, v in data.items() if k.startswith("reference_")}}
             prefix = "/".join(p for p in (rel, "summary" if name == "summary.json" else "") if p)
             for key, value in flatten(data).items():
                 if number(value) is not None and key.rsplit(".", 1)[-1] not in COUNTERS:
