@@ -22,7 +22,9 @@
   only synchronises gradients on CUDA);
 - checkpoints written atomically (``modelNNNNNN.pt`` last, so its presence
   implies ``opt``/``ema``/``state`` files), NNNNNN = optimizer steps done;
-  the ``state`` file holds the step, skip count and RNG states; every
+  the ``state`` file holds the step, skip counts, fp16 loss scale and the python, numpy and torch
+  RNG states; a data iterable with ``iter_from(k)`` starts a resumed epoch at batch ``k`` itself
+  (without loading the skipped batches); every
   parameter on the model (plugin modules, heads, loss parameters) is saved;
 - resume from a checkpoint file, a run directory (its latest checkpoint), or
   ``"latest"`` (the run's own directory; nothing there means a fresh start),
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import re
 import resource
 import time
@@ -118,7 +121,10 @@ def load_model_weights(model: torch.nn.Module, path: str) -> None:
 
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state = {
+        "python": torch.tensor(internal, dtype=torch.int64),
+        "python_gauss": torch.tensor(float("nan") if gauss is None else gauss, dtype=torch.float64),
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
         "numpy_pos": pos, "numpy_has_gauss": has_gauss, "numpy_cached": cached,
@@ -129,6 +135,9 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
+    if "python" in state:
+        gauss = float(state["python_gauss"])
+        random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None if gauss != gauss else gauss))
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
                          state["numpy_has_gauss"], state["numpy_cached"]))
@@ -264,6 +273,9 @@ class SeamTrainLoop(TrainLoop):
             return
         state = load_checkpoint(path)
         self.skipped_steps = int(state["skipped_steps"])
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
+        if "lg_loss_scale" in state:
+            self.mp_trainer.trainer.lg_loss_scale = float(state["lg_loss_scale"])
         _set_rng_state(state["rng"])
 
     def save(self):
@@ -275,6 +287,7 @@ class SeamTrainLoop(TrainLoop):
             logger.log(f"saving checkpoint at step {step}...")
             atomic_save(self.opt.state_dict(), os.path.join(self.run_dir, f"opt{step:06d}.pt"))
             atomic_save({"step": step, "skipped_steps": self.skipped_steps,
+                         "consecutive_skips": self.consecutive_skips, "lg_loss_scale": self.mp_trainer.lg_loss_scale,
                          "rng": _rng_state()}, os.path.join(self.run_dir, f"state{step:06d}.pt"))
             for name, state in states:
                 atomic_save(state, os.path.join(self.run_dir, name))
@@ -296,9 +309,13 @@ class SeamTrainLoop(TrainLoop):
         if self._batches is None:
             if hasattr(self.data, "set_epoch"):
                 self.data.set_epoch(self.epoch)
-            self._batches = iter(self.data)
-            for _ in range(self._total_steps() - self.epoch * self.steps_per_epoch):
-                next(self._batches)  # resume inside an epoch: skip what was already seen
+            seen = self._total_steps() - self.epoch * self.steps_per_epoch  # resume inside an epoch
+            if hasattr(self.data, "iter_from"):
+                self._batches = self.data.iter_from(seen)
+            else:
+                self._batches = iter(self.data)
+                for _ in range(seen):
+                    next(self._batches)
         return next(self._batches)
 
     def _end_epoch_if_due(self):

@@ -131,6 +131,32 @@ class MetricsLog:
         self._append(EPOCH_METRICS, {"epoch": int(epoch), **values})
 
 
+def truncate_metrics(run_dir: str, name: str, key: str, keep_below: int) -> None:
+    """Drop the records of ``run_dir/name`` whose ``key`` is >= ``keep_below`` (a resume replays them).
+
+    Rank 0 only; atomic (temp file + rename), so call it before anything opens the file for appending.
+    """
+    path = os.path.join(run_dir, name)
+    if not is_main_process() or not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            value = json.loads(line).get(key)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut by a crash
+        if value is None or value < keep_below:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) == len(lines):
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
 def read_jsonl(path: str) -> list[dict]:
     """All records of a JSONL metrics file ([] when it does not exist)."""
     if not os.path.exists(path):

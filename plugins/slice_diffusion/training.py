@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from patches.guided_diffusion import (DIFFUSION_DEFAULTS, MODEL_DEFAULTS, SeamTrainLoop, configure_logger,
                                       create_named_schedule_sampler, create_seam_diffusion, create_seam_model)
-from patches.guided_diffusion.train_loop import resolve_resume_checkpoint
+from patches.guided_diffusion.train_loop import checkpoint_step, resolve_resume_checkpoint
 from plugins.common.errors import InputError
 from plugins.common.flags import TRAIN_DEFAULTS
-from plugins.common.run_log import STEP_METRICS, check_config, write_config
+from plugins.common.run_dir import claim_run_dir
+from plugins.common.run_log import STEP_METRICS, truncate_metrics, write_config
 from plugins.data import DATA_DEFAULTS, build_brats_datasets, settings_from_args
 from plugins.data.splits import check_checkpoint_split
 
@@ -84,21 +85,40 @@ class SlicePlugin:
 
 
 class EpochBatches:
-    """A sized iterable of ``plugin.batch(b)`` over a DataLoader; ``set_epoch`` reshuffles deterministically."""
+    """Batches ``plugin.batch(b)`` of one epoch at a time, resumable at any batch without side effects.
 
-    def __init__(self, loader: DataLoader, to_batch):
-        self.loader = loader
-        self.to_batch = to_batch
+    The order of epoch ``e`` is the ``DistributedSampler``'s (seeded by ``seed + e``); ``iter_from(k)``
+    starts at batch ``k`` by skipping sample indices (nothing is loaded or passed through
+    ``to_batch``, whose randomness, e.g. label dropout, draws from the global generators). The
+    DataLoader's own seed (worker seeds) comes from a generator seeded by ``(seed, epoch)``, so creating
+    an iterator never draws from torch's global generator.
+    """
+
+    def __init__(self, dataset, to_batch, batch_size: int, seed: int, rank: int, world: int, num_workers: int):
+        self.dataset, self.to_batch, self.batch_size, self.seed = dataset, to_batch, batch_size, seed
+        self.num_workers = num_workers
+        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+        self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.sampler) // self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        self.loader.sampler.set_epoch(epoch)
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def iter_from(self, start: int):
+        indices = list(self.sampler)[start * self.batch_size:len(self) * self.batch_size]
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch])
+                                                      .generate_state(1)[0]))
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, drop_last=True,
+                            num_workers=self.num_workers, generator=generator)
+        for batch in loader:
+            yield self.to_batch(batch)
 
     def __iter__(self):
-        for batch in self.loader:
-            yield self.to_batch(batch)
+        return self.iter_from(0)
 
 
 def check_args(args) -> None:
@@ -141,9 +161,11 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     model, diffusion = build_model_and_diffusion(args, *plugin.channels(len(settings.modalities)))
     run_dir = args.out_dir
     config = vars(args).copy()
-    if args.resume_checkpoint:
-        check_config(run_dir, config, ARCHITECTURE_KEYS)
-    os.makedirs(run_dir, exist_ok=True)
+    options = plugin.loop_options()
+    fresh = options.get("init_from_checkpoint", False)  # weights of another run start this one at step 0
+    claim_run_dir(run_dir, config, resuming=bool(args.resume_checkpoint) and not fresh)
+    checkpoint = resolve_resume_checkpoint(args.resume_checkpoint, run_dir)
+    truncate_metrics(run_dir, STEP_METRICS, "step", checkpoint_step(checkpoint) if checkpoint and not fresh else 0)
     configure_logger(run_dir, jsonl_name=STEP_METRICS)
     write_config(run_dir, config)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -152,18 +174,14 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     np.random.seed(args.seed + rank)
     data = build_brats_datasets(args.data_dir, run_dir, args.csv_path, settings, args.val_fraction,
                                 args.split_seed, args.cache_dir, progress=rank == 0, split_file=args.split_file)
-    checkpoint = resolve_resume_checkpoint(args.resume_checkpoint, run_dir)
     if checkpoint:
         check_checkpoint_split(checkpoint, data.split, data.split_source)
     plugin.extend(model, diffusion, data, args)
     if len(data.train) < args.batch_size * world:
         raise InputError(f"--batch_size {args.batch_size}: the training split has only {len(data.train)} slices")
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
-                                 drop_last=True)
-    loader = DataLoader(data.train, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=args.num_workers)
+    batches = EpochBatches(data.train, plugin.batch, args.batch_size, args.seed, rank, world, args.num_workers)
     loop = SeamTrainLoop(
-        model=model, diffusion=diffusion, data=EpochBatches(loader, plugin.batch),
+        model=model, diffusion=diffusion, data=batches,
         batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr, ema_rate=args.ema_rate,
         log_interval=args.log_interval, save_interval=args.save_interval,
         resume_checkpoint=args.resume_checkpoint, use_fp16=args.use_fp16,
