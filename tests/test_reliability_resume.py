@@ -6,6 +6,7 @@ step metrics of the resumed run hold every step once (the replayed steps are tru
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -63,12 +64,15 @@ def _assert_same_files(a, b, names):
 
 
 def test_bea_resume_equals_straight_run(load_script, tiny_cohort, tmp_path):
-    """BEA dual loss, label dropout on: 6 straight steps == 3 + resume (a resumed epoch starts mid-way)."""
+    """BEA dual loss, label dropout on: 6 straight steps == 5 steps killed before the step-5 checkpoint, then
+    ``latest`` (step 3, mid-epoch) to 6; steps 3 and 4 are replayed and logged once."""
     common = ["--data_dir", tiny_cohort, *BEA_TINY, "--save_interval", 3]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _gd_script(load_script, "train_bea_dual_loss", [*common, "--out_dir", straight, "--max_steps", 6]) == 0
-    assert _gd_script(load_script, "train_bea_dual_loss", [*common, "--out_dir", split, "--max_steps", 3]) == 0
+    assert _gd_script(load_script, "train_bea_dual_loss", [*common, "--out_dir", split, "--max_steps", 5]) == 0
     release_run_dir(split)
+    for path in split.glob("*000005.pt"):  # killed after step 5 was logged, before its checkpoint
+        path.unlink()
     release_run_dir(straight)
     assert _gd_script(load_script, "train_bea_dual_loss",
                       [*common, "--out_dir", split, "--max_steps", 6, "--resume_checkpoint", "latest"]) == 0
@@ -77,3 +81,77 @@ def test_bea_resume_equals_straight_run(load_script, tiny_cohort, tmp_path):
     assert _steps(split / "metrics_step.jsonl") == _steps(straight / "metrics_step.jsonl") == list(range(6))
     losses = [json.loads(l)["loss"] for l in open(split / "metrics_step.jsonl")]
     assert losses == [json.loads(l)["loss"] for l in open(straight / "metrics_step.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def sr_env(tmp_path_factory):
+    from tests.test_sr_fixtures import tiny_backbones_yaml, tiny_vae, write_pairs
+
+    root = tmp_path_factory.mktemp("sr_resume")
+    return {"data": write_pairs(str(root / "data")), "vae": tiny_vae(str(root / "vae")),
+            "yaml": tiny_backbones_yaml(str(root / "bb.yaml"))}
+
+
+@pytest.mark.parametrize("script", ["train_sr", "train_sr_pixel"])
+def test_sr_resume_equals_straight_run(load_script, sr_env, tmp_path, script):
+    """6 straight steps == 5 steps killed before the step-5 checkpoint + ``latest`` (step 3, mid-epoch at
+    batch 2): weights, EMA and optimizer bit-equal; steps 4 and 5 logged once."""
+    from tests.test_sr_fixtures import train_argv
+
+    entry = load_script(script)
+    main = entry.pixel_main if script == "train_sr_pixel" else entry.main
+    extra = ["--batch_size", "2", "--checkpointing_steps", "3", "--pixel_loss_max_t", "1.0"]
+
+    def run(out, steps, *more):
+        argv = train_argv(sr_env["data"], sr_env["vae"], sr_env["yaml"], str(out), steps, *extra, *more)
+        assert run_main(main, argv) == 0
+        release_run_dir(out)
+
+    run(tmp_path / "straight", 6)
+    run(tmp_path / "split", 5)
+    shutil.rmtree(tmp_path / "split" / "checkpoints" / "checkpoint-5")  # killed before the step-5 checkpoint
+    run(tmp_path / "split", 6, "--resume_from_checkpoint", "latest")
+    for name in ("model.safetensors", "ema.pt", "optimizer.bin"):
+        a = tmp_path / "straight" / "checkpoints" / "checkpoint-6" / name
+        b = tmp_path / "split" / "checkpoints" / "checkpoint-6" / name
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            assert_equal_trees(load_file(a), load_file(b), name)
+        else:
+            assert_equal_trees(torch.load(a, weights_only=True), torch.load(b, weights_only=True), name)
+    assert _steps(tmp_path / "split" / "metrics_step.jsonl") == [1, 2, 3, 4, 5, 6]
+
+
+def test_autoencoder_resume_equals_straight_run(load_script, tmp_path):
+    """Adversarial on, denoising on: 5 straight steps == 4 steps killed before the step-4 checkpoint +
+    ``latest`` (step 2, mid-epoch) to 5; weights, both optimizers; step and epoch metrics once each."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from plugins.data.filaments import write_filament_set
+    from tests.test_autoencoder_trainer import TINY
+
+    data = tmp_path / "filaments"
+    write_filament_set(str(data), num_volumes=5, shape=(16, 16, 16), seed=0)
+    script = load_script("train_autoencoder")
+    common = ["--data_dir", data, *TINY, "--autoencoder.training.save_interval", "100", "--batch_size", "1"]
+
+    def run(out, steps, *more):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        assert run_main(script.main, [str(a) for a in [*common, "--out_dir", out, "--max_steps", steps, *more]]) == 0
+        release_run_dir(out)
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(straight, 5)
+    run(split, 2)
+    run(split, 4, "--resume_checkpoint", "latest")
+    shutil.rmtree(split / "checkpoints" / "checkpoint-4")  # killed before the step-4 checkpoint
+    run(split, 5, "--resume_checkpoint", "latest")
+    from safetensors.torch import load_file
+    for name in ("model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin"):
+        a, b = straight / "checkpoints" / "checkpoint-5" / name, split / "checkpoints" / "checkpoint-5" / name
+        load = load_file if name.endswith(".safetensors") else (lambda p: torch.load(p, weights_only=True))
+        assert_equal_trees(load(a), load(b), name)
+    assert _steps(split / "metrics_step.jsonl") == [1, 2, 3, 4, 5]
+    epochs = [json.loads(line)["epoch"] for line in open(split / "metrics_epoch.jsonl")]
+    assert epochs == sorted(epochs)

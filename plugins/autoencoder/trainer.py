@@ -48,7 +48,9 @@ from plugins.autoencoder.metrics import ForegroundMetrics
 from plugins.autoencoder.models import KLAutoencoder, measure_scaling_factor, model_kwargs, save_autoencoder
 from plugins.autoencoder.perceptual import build_perceptual_loss
 from plugins.common.errors import InputError
-from plugins.common.run_log import MetricsLog, write_config
+from plugins.common.resume import loader_generator
+from plugins.common.run_dir import claim_run_dir
+from plugins.common.run_log import EPOCH_METRICS, STEP_METRICS, MetricsLog, truncate_metrics, write_config
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "train_state.json"
@@ -100,7 +102,7 @@ class AutoencoderTrainer:
         model = KLAutoencoder(model_kwargs(ae), gradient_checkpointing=t["use_gradient_checkpointing"])
         opt_g = torch.optim.Adam(model.parameters(), lr=t["learning_rate"])
         train_loader = DataLoader(self.train_set, batch_size=t["batch_size"], shuffle=True,
-                                  num_workers=cfg["data"]["num_workers"])
+                                  num_workers=cfg["data"]["num_workers"], generator=loader_generator(t["seed"]))
         val_loader = DataLoader(self.val_set, batch_size=t["batch_size"], shuffle=False,
                                 num_workers=cfg["data"]["num_workers"])
         self.disc = self.opt_d = None
@@ -282,14 +284,16 @@ class AutoencoderTrainer:
     def train(self) -> dict:
         """Run to ``n_epochs`` or ``max_steps``; return the last validation metrics."""
         acc, t = self.accelerator, self.t
+        claim_run_dir(self.run_dir, flatten(self.cfg), resuming=bool(t["resume_from_checkpoint"]))
         if acc.is_main_process:
-            os.makedirs(self.run_dir, exist_ok=True)
             write_config(self.run_dir, flatten(self.cfg))
         acc.init_trackers("tensorboard", config={k: v for k, v in flatten(self.cfg).items()
                                                  if isinstance(v, (int, float, str, bool))})
         if self.resume_from:
             self.load_checkpoint(self.resume_from)
             acc.print(f"resumed from {self.resume_from} at step {self.global_step}")
+        truncate_metrics(self.run_dir, STEP_METRICS, "step", self.global_step + 1)
+        truncate_metrics(self.run_dir, EPOCH_METRICS, "epoch", self.epoch)
         log = MetricsLog(self.run_dir)
         max_steps, limit = t["max_steps"], (t["fast_dev_run_batches"] if t["fast_dev_run"] else None)
         val_metrics, last_val_step, last_save_step, checked = {}, -1, -1, False

@@ -30,7 +30,8 @@ from plugins.common.run_log import CONFIG_FILE, _plain
 
 LOCK_FILE = ".lock"
 #: Keys that may change between a run and its resume: how far to train, where to resume from, how to load data.
-VOLATILE_KEYS = frozenset({"resume_checkpoint", "max_steps", "num_workers", "num_processes"})
+VOLATILE_KEYS = frozenset({"resume_checkpoint", "resume_from_checkpoint", "max_steps", "num_workers",
+                           "num_processes"})
 
 _held: dict[str, int] = {}  # absolute run dir -> open lock fd (kept for the life of the process)
 

@@ -28,7 +28,9 @@ from patches.checkpoints import atomic_save, load_checkpoint
 from plugins.backbones.registry import build_backbone, check_backbone_name, load_backbone_params
 from plugins.common.errors import InputError
 from plugins.common.flags import LATENT_ALIASES, TRAIN_DEFAULTS, make_parser
-from plugins.common.run_log import MetricsLog, write_config
+from plugins.common.resume import loader_generator
+from plugins.common.run_dir import claim_run_dir
+from plugins.common.run_log import STEP_METRICS, MetricsLog, truncate_metrics, write_config
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr import codec
 from plugins.latent_sr.objective import LOSS_DEFAULTS, SRFlowObjective, check_loss_config
@@ -201,19 +203,22 @@ def train(cfg: dict) -> dict:
                                  num_warmup_steps=cfg["lr_warmup_steps"] * accelerator.num_processes)
     ema = EMAModel(denoiser.parameters(), decay=cfg["ema_decay"]) if cfg["use_ema"] else None
     loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=cfg["num_workers"],
-                        drop_last=len(dataset) >= cfg["batch_size"] * accelerator.num_processes)
+                        drop_last=len(dataset) >= cfg["batch_size"] * accelerator.num_processes,
+                        generator=loader_generator(cfg["seed"]))
     denoiser, optimizer, loader, lr_scheduler = accelerator.prepare(denoiser, optimizer, loader, lr_scheduler)
     vae.to(accelerator.device)
     if ema is not None:
         ema.to(accelerator.device)
     set_seed(cfg["seed"], device_specific=True)
 
-    step = 0
+    claim_run_dir(cfg["out_dir"], cfg, resuming=bool(cfg["resume_checkpoint"]))
+    step = 0 if resume is None else checkpoint_step(resume)
+    if accelerator.is_main_process:
+        truncate_metrics(cfg["out_dir"], STEP_METRICS, "step", step + 1)
     if resume is not None:
         accelerator.load_state(resume)
         if ema is not None:
             ema.load_state_dict(load_checkpoint(os.path.join(resume, "ema.pt")))
-        step = checkpoint_step(resume)
     if accelerator.is_main_process:
         write_config(cfg["out_dir"], {**cfg, "num_processes": accelerator.num_processes})
     if cfg["report_to"]:
