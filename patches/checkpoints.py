@@ -1,13 +1,15 @@
 """Safe checkpoint I/O: atomic writes and ``weights_only`` loads.
 
 A checkpoint is written to a temporary file in the target folder and renamed
-into place, so a crash never leaves a truncated file under the final name.
+into place, so a crash never leaves a truncated file under the final name; a failed write (disk
+full, read-only folder) is one :class:`CheckpointWriteError` naming the file and the cause.
 Loading uses ``torch.load(..., weights_only=True)``: a file that needs
 arbitrary pickled code is refused with :class:`UnsafeCheckpointError`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -25,19 +27,32 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds pickled code (or is not a torch file at all)."""
 
 
+class CheckpointWriteError(SeamError, OSError):
+    """A checkpoint could not be written (disk full, read-only folder, file size limit)."""
+
+
 def atomic_save(obj, path: str) -> None:
-    """``torch.save(obj, path)`` through a temp file in the same folder, then ``os.replace``."""
+    """``torch.save(obj, path)`` through a temp file in the same folder, then ``os.replace``.
+
+    The object is serialised in memory and written with plain file I/O, so a failing write names its
+    cause (no space left, read-only file system, ...) in a :class:`CheckpointWriteError`; the temp
+    file is removed.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as err:
+        raise CheckpointWriteError(f"{path}: cannot write the checkpoint ({err.strerror or err})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
 
 
 def load_checkpoint(path_or_file, map_location="cpu"):

@@ -9,6 +9,7 @@ OUT_DIR/index.html (self-contained), OUT_DIR/summary.json and the PNGs; prints t
 """
 
 import argparse
+import os
 import sys
 
 from plugins.common.errors import InputError, run_main
@@ -28,6 +29,11 @@ def main(argv=None):
     if args.resamples < 100:
         raise InputError(f"--resamples: got {args.resamples}; expected at least 100")
     groups = read_groups(args.runs)
+    out_dir = os.path.realpath(args.out_dir)
+    for run in (r for runs in groups.values() for r in runs):
+        if out_dir == os.path.realpath(run.path) or out_dir.startswith(os.path.realpath(run.path) + os.sep):
+            raise InputError(f"--out_dir {args.out_dir}: inside the run directory {run.path}; a report there would "
+                             "be read as that run's results. Choose a folder outside every run")
     result = compare(groups, resamples=args.resamples, seed=args.seed)
     index = write_report(groups, result, args.out_dir, args.title or " vs ".join(groups), args.note)
     print(terminal_summary(result))

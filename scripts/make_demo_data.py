@@ -13,7 +13,9 @@
 - ``OUT/sr/``: super-resolution pairs (:func:`plugins.data.sr_pairs.write_sr_pairs`) from every 4th brain
   slice of the cohort's t1, t2 and flair, normalised to [0, 1] and resized to ``--sr_size``.
 
-Each set is written to a temporary folder and renamed into place; the same seed gives the same data.
+Each set is written to a temporary folder and renamed into place with a manifest of its files; an
+existing set is replaced only when every file in it is one this tool wrote (else refused up front,
+nothing changed). The same seed gives the same data.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 
 from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
-from plugins.data.demo_cohort import DEFAULT_SHAPE, replace_dir, write_cohort
+from plugins.common.owned_dir import check_replaceable, replace_owned_dir
+from plugins.data.demo_cohort import DEFAULT_SHAPE, write_cohort
 from plugins.data.slice_preprocess import SliceSettings, volume_to_slices
 
 KINDS = ("brats", "filaments", "sr", "all")
@@ -76,7 +79,7 @@ def build_cohort(args, out_dir: str, want_brats: bool, want_sr: bool) -> list[np
     try:
         grades = write_cohort(tmp, args.num_subjects, args.seed, shape, on_subject=collect)
         if want_brats:
-            replace_dir(tmp, os.path.join(out_dir, "brats"))
+            replace_owned_dir(tmp, os.path.join(out_dir, "brats"))
             n_hgg = sum(grades.values())
             print(f"brats: {len(grades)} subjects ({n_hgg} HGG, {len(grades) - n_hgg} LGG) of {shape} voxels "
                   f"in {os.path.join(out_dir, 'brats')}")
@@ -93,7 +96,7 @@ def build_filaments(args, out_dir: str) -> None:
     try:
         paths = write_filament_set(tmp, num_volumes=args.num_filament_volumes,
                                    shape=_sizes(args.filament_shape, "filament_shape"), seed=args.seed)
-        replace_dir(tmp, os.path.join(out_dir, "filaments"))
+        replace_owned_dir(tmp, os.path.join(out_dir, "filaments"))
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)
@@ -116,8 +119,15 @@ def main(argv=None) -> None:
     if args.sr_size < 8 or args.sr_size % args.sr_scale or args.sr_every < 1:
         raise InputError(f"--sr_size/--sr_scale/--sr_every: got {args.sr_size}/{args.sr_scale}/{args.sr_every}; "
                          "expected sr_size >= 8 divisible by sr_scale, sr_every >= 1")
-    os.makedirs(args.out_dir, exist_ok=True)
     kinds = ("brats", "filaments", "sr") if args.kind == "all" else (args.kind,)
+    if os.path.lexists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise InputError(f"--out_dir: {args.out_dir} exists and is not a folder")
+    for kind in kinds:
+        check_replaceable(os.path.join(args.out_dir, kind))
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out_dir: {args.out_dir} cannot be created ({err.strerror})") from None
     if "brats" in kinds or "sr" in kinds:
         hr = build_cohort(args, args.out_dir, "brats" in kinds, "sr" in kinds)
         if "sr" in kinds:

@@ -63,6 +63,6 @@ def test_resume_with_other_architecture_is_refused(gd_dist, load_script, tiny_co
     assert _train(load_script, tiny_cohort, run, "--max_steps", "1") == 0
     assert _train(load_script, tiny_cohort, run, "--max_steps", "2", "--resume_checkpoint", "latest",
                   "--num_res_blocks", "2") == 2
-    assert "--num_res_blocks 2 (the run has 1)" in capsys.readouterr().err
+    assert "num_res_blocks: 1 -> 2" in capsys.readouterr().err
     assert _train(load_script, tiny_cohort, tmp_path / "none", "--max_steps", "1",
                   "--data_dir", str(tmp_path / "missing")) == 2

@@ -63,7 +63,7 @@ from guided_diffusion import logger
 from guided_diffusion.nn import update_ema
 from guided_diffusion.train_util import TrainLoop
 
-from patches.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from patches.checkpoints import CheckpointError, CheckpointWriteError, atomic_save, load_checkpoint
 from patches.errors import SeamError
 from patches.guided_diffusion.ema import ema_decay
 
@@ -285,13 +285,20 @@ class SeamTrainLoop(TrainLoop):
         model_state = self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params)
         if dist.get_rank() == 0:
             logger.log(f"saving checkpoint at step {step}...")
-            atomic_save(self.opt.state_dict(), os.path.join(self.run_dir, f"opt{step:06d}.pt"))
-            atomic_save({"step": step, "skipped_steps": self.skipped_steps,
-                         "consecutive_skips": self.consecutive_skips, "lg_loss_scale": self.mp_trainer.lg_loss_scale,
-                         "rng": _rng_state()}, os.path.join(self.run_dir, f"state{step:06d}.pt"))
-            for name, state in states:
-                atomic_save(state, os.path.join(self.run_dir, name))
-            atomic_save(model_state, os.path.join(self.run_dir, f"model{step:06d}.pt"))
+            files = [(f"opt{step:06d}.pt", self.opt.state_dict()),
+                     (f"state{step:06d}.pt", {"step": step, "skipped_steps": self.skipped_steps,
+                                              "consecutive_skips": self.consecutive_skips,
+                                              "lg_loss_scale": self.mp_trainer.lg_loss_scale, "rng": _rng_state()}),
+                     *states, (f"model{step:06d}.pt", model_state)]
+            written = []
+            try:
+                for name, state in files:
+                    written.append(os.path.join(self.run_dir, name))
+                    atomic_save(state, written[-1])
+            except CheckpointWriteError:
+                for path in written[:-1]:  # no opt/state/ema file without its model file
+                    os.remove(path)
+                raise
         dist.barrier()
 
     # ----- the loop -------------------------------------------------------

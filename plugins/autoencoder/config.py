@@ -14,6 +14,7 @@ import copy
 import yaml
 
 from plugins.common.errors import InputError
+from plugins.common.yaml_io import safe_load_unique
 
 DEFAULTS: dict = {
     "data": {
@@ -153,7 +154,7 @@ def load_config(path: str | None = None) -> dict:
     if path:
         try:
             with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
+                loaded = safe_load_unique(f) or {}
         except OSError as err:
             raise InputError(f"{path}: cannot read the config ({err.strerror})") from None
         except yaml.YAMLError as err:

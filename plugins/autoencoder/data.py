@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from plugins.common.errors import InputError
+from plugins.data.volume_io import check_voxels
 
 EXTENSIONS = {
     3: (".nii.gz", ".nii", ".tif", ".tiff"),
@@ -49,16 +50,20 @@ def _shape(path: str) -> tuple[int, ...]:
 
 
 def read_array(path: str) -> np.ndarray:
-    """Pixels as float32 (NIfTI via nibabel, .npy via numpy, TIFF/PNG via SimpleITK)."""
+    """Pixels as float32 (NIfTI via nibabel, .npy via numpy, TIFF/PNG via SimpleITK); complex, NaN/Inf or
+    float32-overflowing values are refused (:func:`plugins.data.volume_io.check_voxels`)."""
     low = path.lower()
     try:
         if low.endswith((".nii", ".nii.gz")):
-            return np.asarray(nib.load(path).dataobj, dtype=np.float32)
-        if low.endswith(".npy"):
-            return np.load(path).astype(np.float32)
-        return sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float32)
+            data = np.asanyarray(nib.load(path).dataobj)
+        elif low.endswith(".npy"):
+            data = np.load(path)
+        else:
+            data = sitk.GetArrayFromImage(sitk.ReadImage(path))
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
         raise InputError(f"{path}: cannot read the image ({err})") from None
+    check_voxels(path, data)
+    return data.astype(np.float32)
 
 
 def _channels_first(array: np.ndarray, spatial_dims: int, path: str) -> np.ndarray:

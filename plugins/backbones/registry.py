@@ -24,6 +24,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from plugins.backbones.hybrid import HybridUNet2DModel
 from plugins.common.errors import InputError
+from plugins.common.yaml_io import safe_load_unique
 
 
 class SRDiTTransformer2DModel(DiTTransformer2DModel):
@@ -59,12 +60,14 @@ def load_backbone_params(path: str, name: str) -> dict:
                          f"({', '.join(BACKBONES)})")
     with open(path) as f:
         try:
-            doc = yaml.safe_load(f) or {}
+            doc = safe_load_unique(f) or {}
         except yaml.YAMLError as err:
             raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get(name, {}), dict):
-        raise InputError(f"{path}: expected a mapping with a '{name}:' block of constructor parameters")
-    return dict(doc.get(name) or {})
+    if not isinstance(doc, dict) or name not in doc or not isinstance(doc[name] or {}, dict):
+        found = ", ".join(sorted(map(str, doc))) if isinstance(doc, dict) and doc else "none"
+        raise InputError(f"{path}: expected a '{name}:' block of constructor parameters for --backbone {name} "
+                         f"(blocks found: {found}; write '{name}: {{}}' for the constructor's defaults)")
+    return dict(doc[name] or {})
 
 
 def build_backbone(name: str, latent_channels: int, latent_size: int, params: dict,

@@ -138,7 +138,7 @@ def resolve_settings(args, config, num_timesteps: int) -> FpdmSettings:
         raise InputError(f"--median_size/--min_component: got {args.median_size}/{args.min_component}; "
                          "expected >= 1 and >= 0")
     trained = check_modalities(config.modalities)
-    chosen = check_modalities(args.fpdm_modalities)
+    chosen = check_modalities(args.fpdm_modalities, "--fpdm_modalities")
     missing = [m for m in chosen if m not in trained]
     if missing:
         raise InputError(f"--fpdm_modalities: {', '.join(missing)} not among the model's modalities {','.join(trained)}")

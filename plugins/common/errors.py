@@ -3,11 +3,13 @@
 Library code raises :class:`InputError` with a message that names the file,
 field or flag and what was expected. Entry points wrap ``main`` in
 :func:`run_main`, which prints ``error: <message>`` to stderr, exits with
-status 2, and always tears down a torch.distributed process group.
+status 2, and always tears down a torch.distributed process group. A write that fails for lack of
+space or permission (:data:`WRITE_ERRNOS`) is reported the same way, naming the path and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import torch.distributed as dist
@@ -15,6 +17,8 @@ import torch.distributed as dist
 from patches.errors import SeamError
 
 EXIT_BAD_INPUT = 2
+#: Write failures reported as one line: disk full, quota, file size limit, read-only, no permission.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class InputError(ValueError):
@@ -28,6 +32,11 @@ def run_main(main, argv=None) -> int:
         return 0
     except (InputError, SeamError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: {err.filename or 'output'}: {err.strerror} (nothing more was written)", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         if dist.is_available() and dist.is_initialized():

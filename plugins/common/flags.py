@@ -10,6 +10,10 @@ diffusers-examples spellings listed in :data:`LATENT_ALIASES`.
 from __future__ import annotations
 
 import argparse
+import re
+
+#: argparse's own pattern misses exponents ("-1e-4" would be read as a flag).
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 #: Flags every training script takes, with neutral defaults a script overrides.
 TRAIN_DEFAULTS = dict(
@@ -75,4 +79,5 @@ def make_parser(description: str, *default_dicts: dict, aliases: dict | None = N
     for d in default_dicts:
         merged.update(d)
     parser = argparse.ArgumentParser(description=description)
+    parser._negative_number_matcher = NEGATIVE_NUMBER  # "--lr -1e-4" is a value, refused by the script's check
     return add_dict_to_argparser(parser, merged, aliases)

@@ -34,14 +34,14 @@ class Subject:
     files: dict = field(hash=False, compare=False)
 
 
-def check_modalities(modalities) -> tuple:
-    """Validate a modality subset (names from :data:`MODALITIES`, no repeats); returns a tuple."""
+def check_modalities(modalities, flag: str = "--modalities") -> tuple:
+    """Validate a modality subset (names from :data:`MODALITIES`, no repeats; refusals name ``flag``)."""
     if isinstance(modalities, str):
         modalities = [m for m in modalities.replace(",", " ").split() if m]
     modalities = tuple(modalities)
     unknown = [m for m in modalities if m not in MODALITIES]
     if not modalities or unknown or len(set(modalities)) != len(modalities):
-        raise InputError(f"--modalities: got {','.join(modalities) or '(none)'}; expected distinct names "
+        raise InputError(f"{flag}: got {','.join(modalities) or '(none)'}; expected distinct names "
                          f"from {','.join(MODALITIES)}")
     return modalities
 

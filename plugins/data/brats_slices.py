@@ -21,6 +21,7 @@ construction writes the cache, later ones read no NIfTI.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +69,8 @@ class BratsSliceDataset(Dataset):
     """Axial slices of the BraTS subjects ``subjects`` (all on disk when None) under ``data_dir``.
 
     ``grades`` maps subject -> 0/1 (LGG/HGG); ``cache_dir`` defaults to ``data_dir/.slice_cache``.
-    Attributes ``slice_labels`` and ``grades`` ([N] int arrays) serve samplers.
+    Attributes ``slice_labels`` and ``grades`` ([N] int arrays) serve samplers; ``empty_subjects``
+    names the subjects without a usable slice (each also warned about on stderr).
     """
 
     def __init__(self, data_dir: str, subjects=None, grades: dict | None = None,
@@ -82,8 +84,13 @@ class BratsSliceDataset(Dataset):
         self.cache = SliceCache(cache_dir or os.path.join(data_dir, CACHE_SUBDIR), self.settings)
         self.subjects = names
         rows, z, tumour, grade = [], [], [], []
+        self.empty_subjects = []
         for pos, name in enumerate(tqdm(names, desc="slices", unit="subject", disable=not progress)):
             meta = self.cache.ensure(found[name])
+            if not meta["slice_index"]:
+                self.empty_subjects.append(name)
+                print(f"warning: {name}: no usable slice (no axial slice has brain fraction >= "
+                      f"{self.settings.min_brain_fraction}); the subject contributes nothing", file=sys.stderr)
             rows += [(pos, r) for r in range(len(meta["slice_index"]))]
             z += meta["slice_index"]
             tumour += meta["tumour"]

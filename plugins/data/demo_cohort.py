@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 
 import nibabel
@@ -244,10 +243,3 @@ def write_name_mapping(path: str, grades: dict) -> None:
         writer.writerow(["Grade", "BraTS_2020_subject_ID"])
         for name, grade in grades.items():
             writer.writerow(["HGG" if grade == 1 else "LGG", name])
-
-
-def replace_dir(tmp: str, final: str) -> None:
-    """Move a finished ``tmp`` folder to ``final``, replacing an older one."""
-    if os.path.isdir(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)

@@ -1,7 +1,9 @@
 """Check a BraTS folder and fill its slice cache: ``python -m plugins.data.prepare --data_dir DIR``.
 
 Every subject's NIfTI files are read once and checked (missing modality, shape mismatch,
-NaN/Inf, unexpected seg labels, unreadable file: one ``error:`` line naming the file, exit 2);
+NaN/Inf, complex dtype, float32 overflow, a constant modality, unexpected seg labels, unreadable
+file: one ``error:`` line naming the file, exit 2); a subject without a usable slice gets a
+``warning:`` line and is counted in the summary;
 the preprocessed slices go to the cache so training starts without reading NIfTI. With
 ``--csv_path`` the grades are checked too; with ``--out_dir`` the cohort's split is drawn (or
 checked) and copied into that run directory, and the training split's n_LGG/n_HGG/alpha printed.
@@ -33,7 +35,8 @@ def main(argv=None) -> None:
         sets = {"all": BratsSliceDataset(args.data_dir, names, grades, settings, args.cache_dir)}
     for name, ds in sets.items():
         print(f"{name}: {len(ds.subjects)} subjects, {len(ds)} slices "
-              f"({int(ds.slice_labels.sum())} with tumour), cache {ds.cache.folder}")
+              f"({int(ds.slice_labels.sum())} with tumour), {len(ds.empty_subjects)} subject(s) without a usable "
+              f"slice, cache {ds.cache.folder}")
 
 
 if __name__ == "__main__":

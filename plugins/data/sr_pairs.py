@@ -26,6 +26,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from plugins.common.errors import InputError
+from plugins.common.owned_dir import replace_owned_dir
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
@@ -109,9 +110,7 @@ def write_sr_pairs(hr_slices, out_dir: str, scale: int = 2, seed: int = 0, val_f
         }
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_owned_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

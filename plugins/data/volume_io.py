@@ -1,7 +1,8 @@
 """Read one subject's NIfTI volumes with nibabel and refuse bad ones in one line.
 
-Each refusal names the file: unreadable NIfTI, a non-3D volume, NaN/Inf voxels,
-a shape different from its siblings', seg labels outside :data:`BRATS_LABELS`.
+Each refusal names the file: unreadable NIfTI, a non-3D volume, complex or non-numeric voxels,
+NaN/Inf voxels, values that overflow float32, a constant (e.g. all-zero) modality, a shape
+different from its siblings', seg labels outside :data:`BRATS_LABELS`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,31 @@ def read_nifti(path: str) -> np.ndarray:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise InputError(f"{path}: {bad} NaN/Inf voxels; expected finite values")
+    check_voxels(path, data)
     return data
+
+
+def check_voxels(path: str, data: np.ndarray) -> None:
+    """Refuse complex, non-numeric, NaN/Inf and float32-overflowing voxels, naming ``path``."""
+    if data.dtype.kind == "c":
+        raise InputError(f"{path}: complex-valued voxels ({data.dtype}); expected real intensities")
+    if data.dtype.kind not in "fiub":
+        raise InputError(f"{path}: voxels of type {data.dtype}; expected real numbers")
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            bad = int((~np.isfinite(data)).sum())
+            raise InputError(f"{path}: {bad} NaN/Inf voxels; expected finite values")
+        peak = float(np.abs(data).max()) if data.size else 0.0
+        if peak > np.finfo(np.float32).max:
+            raise InputError(f"{path}: values up to {peak:.3g} overflow float32 (max {np.finfo(np.float32).max:.3g}); "
+                             "rescale the volume")
+
+
+def check_not_constant(path: str, data: np.ndarray) -> None:
+    """Refuse an image whose voxels are all equal (an all-zero or blank modality)."""
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise InputError(f"{path}: every voxel is {lo:g} (a blank modality); expected an image")
 
 
 def check_seg_labels(path: str, seg: np.ndarray, allowed=BRATS_LABELS) -> np.ndarray:
@@ -61,5 +83,6 @@ def read_subject(subject: Subject, modalities, with_seg: bool = True):
                              f"{tuple(shape)} ({first})")
         if kind == SEG:
             return np.stack(channels), check_seg_labels(path, data)
+        check_not_constant(path, data)
         channels.append(data.astype(np.float32, copy=False))
     return np.stack(channels), None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors import SafetensorError
 from diffusers import AutoencoderKL
 
 from plugins.common.errors import InputError
@@ -30,7 +31,7 @@ def load_frozen_vae(vae_path: str) -> AutoencoderKL:
                          f"RUN_DIR/vae written by scripts/train_autoencoder.py")
     try:
         vae = AutoencoderKL.from_pretrained(vae_path)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise InputError(f"--vae_path: {vae_path} could not be loaded as an AutoencoderKL ({err})") from None
     return vae.requires_grad_(False).eval()
 

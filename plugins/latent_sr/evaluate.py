@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from torchmetrics.functional.regression import normalized_root_mean_squared_error  # noqa: E402
 from torchmetrics.image import (MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio,  # noqa: E402
@@ -97,6 +98,9 @@ def load_pipeline(model_path: str):
     diffusers_logging.disable_progress_bar()  # three small components: no loading bar on stderr
     try:
         pipe = SRFlowPipeline.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise InputError(f"--model_path: {folder} could not be loaded ({str(err).splitlines()[0]}); a file of the "
+                         "pipeline is truncated or not ours") from None
     finally:
         diffusers_logging.enable_progress_bar()
     check_denoiser_fits(pipe.denoiser, pipe.vae.config.latent_channels, source=folder)

@@ -31,6 +31,7 @@ from plugins.common.flags import LATENT_ALIASES, TRAIN_DEFAULTS, make_parser
 from plugins.common.resume import loader_generator
 from plugins.common.run_dir import claim_run_dir
 from plugins.common.run_log import STEP_METRICS, MetricsLog, truncate_metrics, write_config
+from plugins.common.yaml_io import safe_load_unique
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr import codec
 from plugins.latent_sr.objective import LOSS_DEFAULTS, SRFlowObjective, check_loss_config
@@ -86,7 +87,7 @@ def _read_yaml_flags(path: str, defaults: dict) -> dict:
         raise InputError(f"--config: {path} not found")
     with open(path) as f:
         try:
-            doc = yaml.safe_load(f) or {}
+            doc = safe_load_unique(f) or {}
         except yaml.YAMLError as err:
             raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(doc, dict):
@@ -109,6 +110,8 @@ def check_config(cfg: dict) -> None:
             raise InputError(f"--{key}: expected a positive integer, got {cfg[key]}")
     if not cfg["out_dir"]:
         raise InputError("--out_dir/--output_dir: required (the run directory)")
+    if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
+        raise InputError(f"--lr/--learning_rate: got {cfg['lr']}; expected a positive learning rate")
     if not 0.0 <= cfg["ema_decay"] < 1.0:
         raise InputError(f"--ema_decay: expected a value in [0, 1), got {cfg['ema_decay']}")
 

@@ -1,7 +1,9 @@
 """Write a comparison as a report directory: ``report.md``, one self-contained ``index.html``
 (every image embedded as base64), ``summary.json`` (the :func:`compare` dict), ``curves/*.png`` and
 ``samples/*.png``. The folder is built under a temporary name and renamed into place, so an
-interrupted write leaves the previous report (or none), never half of one.
+interrupted write leaves the previous report (or none), never half of one. Only a new, empty or
+earlier-report folder is written: a file, or a folder holding anything else (a run directory, say),
+is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 import shutil
 
+from plugins.common.errors import InputError
 from plugins.report.curves import plot_curves
 from plugins.report.tables import Table, fmt, fmt_pct
 
@@ -99,23 +102,48 @@ def _img_html(path: str) -> str:
     return f'<img src="data:image/png;base64,{data}">'
 
 
+#: What a report directory holds; an existing ``out_dir`` is replaced only when it holds nothing else.
+REPORT_ENTRIES = {"report.md", "index.html", "summary.json", "curves", "samples"}
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """Refuse an ``out_dir`` that is a file or a folder holding anything a report does not write."""
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+        raise InputError(f"--out_dir {out_dir}: exists and is not a folder; choose a new folder for the report")
+    foreign = sorted(set(os.listdir(out_dir)) - REPORT_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise InputError(f"--out_dir {out_dir}: holds files a report does not write ({shown}); choose a new or "
+                         "empty folder (nothing was changed)")
+
+
 def write_report(groups: dict, result: dict, out_dir: str, title: str, note: str = "") -> str:
-    """Write the report directory ``out_dir`` for ``result = compare(groups)``; returns ``index.html``'s path."""
+    """Write the report directory ``out_dir`` for ``result = compare(groups)``; returns ``index.html``'s path.
+
+    A new, empty or earlier-report ``out_dir`` is written (the old report replaced as a whole); any other
+    existing path is refused before anything is written.
+    """
     out_dir = os.path.abspath(out_dir)
+    _check_out_dir(out_dir)
     tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     try:
+        os.makedirs(tmp)
         curves = plot_curves(groups, os.path.join(tmp, "curves"))
         samples = _copy_samples(groups, os.path.join(tmp, "samples"))
         _write_documents(result, tmp, title, note, curves, samples)
+        old = f"{out_dir}.old-{os.getpid()}"
+        if os.path.exists(out_dir):
+            _check_out_dir(out_dir)
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"--out_dir {out_dir}: cannot write the report ({err.strerror or err})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = f"{out_dir}.old-{os.getpid()}"
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return os.path.join(out_dir, "index.html")
 

@@ -3,7 +3,8 @@
 Conventions (every pipeline of the project follows them):
 - ``config.json``: the resolved configuration; nested dicts are flattened to dotted keys.
 - ``metrics_step.jsonl`` / ``metrics_epoch.jsonl``: curves, x = ``step`` / ``epoch``. Records of the
-  same epoch (e.g. a train line and a val line) are merged.
+  same epoch (e.g. a train line and a val line) are merged. Steps a resumed run replayed (x going
+  back) count once, with the replay's values (:func:`drop_replayed`).
 - Final metrics: every ``metrics.json`` or ``summary.json`` at most two folders deep (a run's own
   evaluation outputs, e.g. ``fpdm/metrics.json``), numeric leaves flattened to
   ``<folder>/<dotted.key>``; a top-level ``"metrics"`` dict, when present, is read with the
@@ -106,6 +107,20 @@ def _read_jsonl(path: str, x_key: str) -> list[dict]:
                 raise InputError(f"{path}: line {lineno} has no numeric {x_key!r}")
             records.append(record)
     return records
+
+
+def drop_replayed(records: list[dict], key: str, strict: bool) -> list[dict]:
+    """The records a resumed run superseded removed: a record whose ``key`` goes back (``<=`` the last
+    one for steps, logged once each; ``<`` for epochs, which may log several lines) replaces every
+    earlier record from that value on, so a step replayed after an interruption counts once (the
+    replay's values kept)."""
+    kept: list[dict] = []
+    for record in records:
+        x = record[key]
+        if kept and (x < kept[-1][key] or (strict and x == kept[-1][key])):
+            kept = [r for r in kept if r[key] < x]
+        kept.append(record)
+    return kept
 
 
 def merge_epochs(records: list[dict]) -> list[dict]:
@@ -217,8 +232,9 @@ def read_run(path: str) -> Run:
     config = _read_json(config_path)
     if not isinstance(config, dict):
         raise InputError(f"{config_path}: expected a JSON object of settings")
-    steps = _read_jsonl(os.path.join(path, STEP_METRICS), "step")
-    epochs = merge_epochs(_read_jsonl(os.path.join(path, EPOCH_METRICS), "epoch"))
+    steps = drop_replayed(_read_jsonl(os.path.join(path, STEP_METRICS), "step"), "step", strict=True)
+    epochs = merge_epochs(drop_replayed(_read_jsonl(os.path.join(path, EPOCH_METRICS), "epoch"), "epoch",
+                                        strict=False))
     cases = case_metrics(path)
     final = {**final_metrics(path, epochs),
              **{k: statistics.fmean(v for _, v in table.values()) for k, table in cases.items()}}

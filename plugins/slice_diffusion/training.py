@@ -127,7 +127,7 @@ def check_args(args) -> None:
     for key in positive:
         if getattr(args, key) <= 0:
             raise InputError(f"--{key}: got {getattr(args, key)}; expected a positive integer")
-    if args.lr <= 0:
+    if not (np.isfinite(args.lr) and args.lr > 0):
         raise InputError(f"--lr: got {args.lr}; expected a positive learning rate")
     if args.max_steps < 0:
         raise InputError(f"--max_steps: got {args.max_steps}; expected >= 0 (0 = no limit)")
@@ -161,8 +161,7 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     model, diffusion = build_model_and_diffusion(args, *plugin.channels(len(settings.modalities)))
     run_dir = args.out_dir
     config = vars(args).copy()
-    options = plugin.loop_options()
-    fresh = options.get("init_from_checkpoint", False)  # weights of another run start this one at step 0
+    fresh = plugin.loop_options().get("init_from_checkpoint", False)  # another run's weights start this one at 0
     claim_run_dir(run_dir, config, resuming=bool(args.resume_checkpoint) and not fresh)
     checkpoint = resolve_resume_checkpoint(args.resume_checkpoint, run_dir)
     truncate_metrics(run_dir, STEP_METRICS, "step", checkpoint_step(checkpoint) if checkpoint and not fresh else 0)
