@@ -25,6 +25,7 @@ from patches.guided_diffusion import (DIFFUSION_DEFAULTS, MODEL_DEFAULTS, SeamTr
 from patches.guided_diffusion.train_loop import checkpoint_step, resolve_resume_checkpoint
 from plugins.common.errors import InputError
 from plugins.common.flags import TRAIN_DEFAULTS
+from plugins.common.resume import loader_generator
 from plugins.common.run_dir import claim_run_dir
 from plugins.common.run_log import STEP_METRICS, truncate_metrics, write_config
 from plugins.data import DATA_DEFAULTS, build_brats_datasets, settings_from_args
@@ -110,10 +111,8 @@ class EpochBatches:
 
     def iter_from(self, start: int):
         indices = list(self.sampler)[start * self.batch_size:len(self) * self.batch_size]
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch])
-                                                      .generate_state(1)[0]))
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, drop_last=True,
-                            num_workers=self.num_workers, generator=generator)
+                            num_workers=self.num_workers, generator=loader_generator(self.seed, self.epoch))
         for batch in loader:
             yield self.to_batch(batch)
 
