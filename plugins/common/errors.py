@@ -3,8 +3,9 @@
 Library code raises :class:`InputError` with a message that names the file,
 field or flag and what was expected. Entry points wrap ``main`` in
 :func:`run_main`, which prints ``error: <message>`` to stderr, exits with
-status 2, and always tears down a torch.distributed process group. A write that fails for lack of
-space or permission (:data:`WRITE_ERRNOS`) is reported the same way, naming the path and the cause.
+status 2, and always tears down a torch.distributed process group. A file-system failure (no space,
+no permission, read-only, a file in place of a folder: :data:`WRITE_ERRNOS`) is reported the same
+way, naming the path and the cause.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch.distributed as dist
 from patches.errors import SeamError
 
 EXIT_BAD_INPUT = 2
-#: Write failures reported as one line: disk full, quota, file size limit, read-only, no permission.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+#: File-system failures reported as one line: disk full, quota, file size limit, read-only, no
+#: permission, a file where a folder was expected (or the reverse).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
 
 
 class InputError(ValueError):
@@ -36,7 +39,7 @@ def run_main(main, argv=None) -> int:
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
-        print(f"error: {err.filename or 'output'}: {err.strerror} (nothing more was written)", file=sys.stderr)
+        print(f"error: {err.filename or 'a file'}: {err.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -160,8 +160,8 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     model, diffusion = build_model_and_diffusion(args, *plugin.channels(len(settings.modalities)))
     run_dir = args.out_dir
     config = vars(args).copy()
+    claim_run_dir(run_dir, config, resuming=bool(args.resume_checkpoint))
     fresh = plugin.loop_options().get("init_from_checkpoint", False)  # another run's weights start this one at 0
-    claim_run_dir(run_dir, config, resuming=bool(args.resume_checkpoint) and not fresh)
     checkpoint = resolve_resume_checkpoint(args.resume_checkpoint, run_dir)
     truncate_metrics(run_dir, STEP_METRICS, "step", checkpoint_step(checkpoint) if checkpoint and not fresh else 0)
     configure_logger(run_dir, jsonl_name=STEP_METRICS)
