@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from plugins.autoencoder.adaptive import adaptive_weights
 from plugins.autoencoder.config import DEFAULTS, load_config, set_path, validate
@@ -12,6 +13,7 @@ from plugins.autoencoder.losses import (RECONSTRUCTION_LOSSES, ReconstructionLos
                                         kl_loss, l1_loss, mse_loss, weighted_reconstruction_loss)
 from plugins.autoencoder.metrics import ForegroundMetrics
 from plugins.common.errors import InputError
+from plugins.data.filaments import make_filament_volume
 
 torch.set_num_threads(1)
 
@@ -35,31 +37,48 @@ def test_weighted():
 
 def test_dice_3d_and_sigmoid():
     p, t = PRED.view(1, 1, 1, 2, 2), TARGET.view(1, 1, 1, 2, 2)
-    # sum(p t) = 1.5, sum p = 1.7, sum t = 2
-    assert dice_loss(p, t, smooth=1e-5).item() == pytest.approx(1 - (3.0 + 1e-5) / (3.7 + 1e-5), rel=1e-6)
+    # sum(p t) = 1.5, sum p^2 = 1.29, sum t^2 = 2
+    assert dice_loss(p, t, smooth=1e-5).item() == pytest.approx(1 - (3.0 + 1e-5) / (3.29 + 1e-5), rel=1e-6)
     s = torch.sigmoid(PRED).flatten()
-    expected = 1 - (2 * (s[1] + s[2]) + 1e-5) / (s.sum() + 2 + 1e-5)
+    expected = 1 - (2 * (s[1] + s[2]) + 1e-5) / (s.square().sum() + 2 + 1e-5)
     assert dice_loss(PRED, TARGET, 1e-5, sigmoid=True).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_dice_sums_over_the_batch():
     p = torch.stack([PRED[0], torch.zeros_like(PRED[0])])
     t = torch.stack([TARGET[0], torch.zeros_like(TARGET[0])])
-    assert dice_loss(p, t, smooth=0.0).item() == pytest.approx(1 - 3.0 / 3.7, rel=1e-6)
+    assert dice_loss(p, t, smooth=0.0).item() == pytest.approx(1 - 3.0 / 3.29, rel=1e-6)
 
 
-def test_dice_clamps_raw_predictions_to_unit_range():
-    # raw p = [-3, 0.5, 1.4, 0.2] -> [0, 0.5, 1, 0.2]: sum(p t) = 1.5, sum p = 1.7, sum t = 2
-    raw = torch.tensor([-3.0, 0.5, 1.4, 0.2]).view(1, 1, 2, 2).requires_grad_(True)
-    loss = dice_loss(raw, TARGET, smooth=0.0)
-    assert loss.item() == pytest.approx(1 - 3.0 / 3.7, rel=1e-6)
-    # unclamped, the negative voxel would shrink the denominator: 1 - 2*1.9/(-0.9 + 2) < 0
-    loss.backward()
-    assert raw.grad.flatten()[0] == 0 and raw.grad.flatten()[2] == 0 and raw.grad.flatten()[1] < 0
+def _filament(size=24):
+    image, _ = make_filament_volume((size,) * 3, seed=0)
+    return torch.from_numpy(image)[None, None]
+
+
+def test_dice_is_minimal_at_the_perfect_reconstruction():
+    t = _filament()
+    perturbed = {"brighter": 1.5 * t, "saturated": (3 * t).clamp(0, 1), "darker": 0.5 * t,
+                 "binarised": (t > 0.1).float(), "blurred": F.avg_pool3d(t, 3, 1, 1),
+                 "shifted": torch.roll(t, 1, dims=2), "noisy": t + 0.05 * torch.randn_like(t),
+                 "negative background": torch.where(t > 0.1, t, torch.full_like(t, -0.2))}
+    assert dice_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    for name, p in perturbed.items():
+        assert dice_loss(p, t).item() > 0.01, name
+    sparse = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)) ** 4  # the case
+    assert dice_loss(sparse, sparse).item() < dice_loss((3 * sparse).clamp(0, 1), sparse).item()
+
+
+@pytest.mark.parametrize("level", [0.0, -0.5])
+def test_all_black_prediction_has_a_dice_gradient_towards_the_foreground(level):
+    t = _filament(16)
+    black = torch.full_like(t, level).requires_grad_(True)
+    dice_loss(black, t).backward()
+    fg = t > 0.1
+    assert black.grad[fg].abs().min() > 0 and (black.grad[fg] < 0).all()  # descent raises the foreground
 
 
 def test_combined():
-    dice = 1 - (3.0 + 1e-5) / (3.7 + 1e-5)
+    dice = 1 - (3.0 + 1e-5) / (3.29 + 1e-5)
     value = combined_loss(PRED, TARGET, dice_weight=1.0, recon_weight=2.0, recon_loss_type="l1",
                           foreground_weight=20.0, background_weight=1.0, threshold=0.1, dice_smooth=1e-5)
     assert value.item() == pytest.approx(dice + 2 * 10.2 / 4, rel=1e-6)

@@ -2,8 +2,8 @@
 
 ``data_dir`` is either a folder with ``images/`` (and optionally ``masks/``,
 same file names) or a flat folder of images. Items are dicts
-``{"image": float32 [C, *S], "mask": float32 [1, *S]}`` (``mask`` only when
-masks exist), C = channels (1 for grey volumes, the last axis for RGB
+``{"image": float32 [C, *S], "mask": float32 [1, *S], "index": int}`` (``mask`` only when
+masks exist; :meth:`ImageFolder.case_id` names item ``index``), C = channels (1 for grey volumes, the last axis for RGB
 images). Training items are random crops of ``crop_size`` (offsets drawn from
 (seed, epoch, index), so a resumed run crops as an uninterrupted one), validation items
 centre crops; without ``crop_size`` every file must have the same shape.
@@ -135,6 +135,11 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def case_id(self, i: int) -> str:
+        """The file name of item ``i`` without its extension (the per-case table's ``case``)."""
+        name = os.path.basename(self.images[i])
+        return next(name[:-len(ext)] for ext in (*EXTENSIONS[2], *EXTENSIONS[3], "") if name.lower().endswith(ext))
+
     def set_epoch(self, epoch: int) -> None:
         """Called by accelerate's data loader: crops of epoch ``epoch`` (accelerate's ``set_epoch``)."""
         self.epoch = epoch
@@ -156,7 +161,7 @@ class ImageFolder(Dataset):
             image = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
         offsets = self._offsets(image.shape[1:], i)
         window = tuple(slice(o, o + c) for o, c in zip(offsets, self.crop))
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image[(slice(None),) + window]))}
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image[(slice(None),) + window])), "index": i}
         if self.masks is not None:
             mask = read_array(self.masks[i])
             if mask.shape != image.shape[1:]:

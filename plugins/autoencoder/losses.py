@@ -6,12 +6,15 @@ All functions take ``pred`` and ``target`` of the same shape [B, C, *spatial]
 - ``l1``: mean |p - t|;  ``mse``: mean (p - t)^2.
 - ``weighted``: mean(w * e), e = |p - t| or (p - t)^2, w = foreground_weight on
   foreground voxels and background_weight elsewhere.
-- ``dice``: 1 - (2 sum(p t) + smooth) / (sum p + sum t + smooth), sums over the
-  whole batch (MONAI ``DiceLoss(batch=True)``), p = sigmoid(pred) if ``sigmoid``
-  else clamp(pred, 0, 1), t = clamp(target, 0, 1); a soft Dice on intensities,
-  so the target need not be binary. The clamp keeps Dice in [0, 1]: on raw
-  predictions, negative background shrinks the denominator and pushes the
-  "loss" below zero (measured: -11.5 after 30 steps of ``combined``).
+- ``dice``: the squared-denominator soft Dice on intensities (V-Net; MONAI
+  ``DiceLoss(squared_pred=True, batch=True)``):
+  1 - (2 sum(p t) + smooth) / (sum p^2 + sum t^2 + smooth), sums over the whole
+  batch, p = sigmoid(pred) if ``sigmoid`` else the raw prediction, t = target.
+  Since p^2 + t^2 >= 2 p t voxel by voxel, the loss is >= 0 with equality only
+  at p = t: the perfect reconstruction is the unique minimum (a brighter,
+  saturated, binarised or blurred output scores worse), and the gradient
+  2 (t D - 2 p N) / D^2 (N, D numerator and denominator) is non-zero wherever
+  t > 0, so an all-black or all-negative output is pulled towards the foreground.
 - ``combined``: dice_weight * dice + recon_weight * weighted.
 - ``kl_loss``: KL(N(mu, sigma^2) || N(0, 1)) summed over latent voxels, mean over the batch.
 
@@ -80,17 +83,17 @@ def weighted_reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, loss_
 
 
 def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5, sigmoid: bool = False) -> torch.Tensor:
-    """1 - (2 sum(p t) + smooth) / (sum p + sum t + smooth), sums over batch and voxels (MONAI DiceLoss).
+    """1 - (2 sum(p t) + smooth) / (sum p^2 + sum t^2 + smooth), sums over batch and voxels, mean over channels.
 
-    p = sigmoid(pred) if ``sigmoid`` else clamp(pred, 0, 1); t = clamp(target, 0, 1). Clamped voxels
-    get no gradient from Dice (the pixel term of ``combined`` still pulls them back).
+    MONAI ``DiceLoss(squared_pred=True, batch=True)``; p = sigmoid(pred) if ``sigmoid`` else pred (no clamp:
+    negative voxels enlarge the denominator, so they cost Dice and get a gradient).
     """
     _check_pair(pred, target)
     if smooth < 0:
         raise InputError(f"smooth: expected a value >= 0, got {smooth}")
-    p = torch.sigmoid(pred) if sigmoid else pred.clamp(0.0, 1.0)
-    loss = DiceLoss(smooth_nr=smooth, smooth_dr=smooth, batch=True, reduction="mean")
-    return loss(p, target.clamp(0.0, 1.0))
+    p = torch.sigmoid(pred) if sigmoid else pred
+    loss = DiceLoss(smooth_nr=smooth, smooth_dr=smooth, squared_pred=True, batch=True, reduction="mean")
+    return loss(p, target)
 
 
 def combined_loss_terms(pred: torch.Tensor, target: torch.Tensor, recon_loss_type: str = "l1",

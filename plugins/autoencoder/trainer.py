@@ -5,16 +5,33 @@ Per optimizer step the generator loss is
     L = sum_k w_k * lambda_k * L_k (reconstruction terms, :class:`ReconstructionLoss`)
         + kl_weight * KL + perceptual_weight * L_perc + adv_weight * lambda_adv * L_adv,
 
-lambda = 1 with ``weighting: fixed``; with ``weighting: adaptive`` the Dice
-and adversarial lambdas follow :func:`adaptive_weights` against the pixel
-term. The adversarial terms (MONAI ``PatchDiscriminator`` +
-``PatchAdversarialLoss``, least squares) start at epoch
-``autoencoder_warm_up_n_epochs``; the discriminator minimises
-adv_weight * (L_D(fake) + L_D(real)) / 2. With denoising on, the model sees a
-corrupted input and is scored against the clean one.
+lambda = 1 with ``weighting: fixed``. With ``weighting: adaptive`` (:func:`adaptive_weights`
+at the decoder's last layer) the Dice lambda balances Dice against the pixel term, and the
+adversarial lambda is taming-transformers' ``calculate_adaptive_weight``: the reconstruction
+loss it balances against is ``sum_k w_k lambda_k L_k + perceptual_weight * L_perc`` (taming's
+``nll_loss``: pixel + perceptual). The adversarial terms (MONAI ``PatchDiscriminator`` +
+``PatchAdversarialLoss``, least squares) start at epoch ``autoencoder_warm_up_n_epochs``; the
+discriminator minimises adv_weight * (L_D(fake) + L_D(real)) / 2. Both backward passes run
+first, then both optimizers step with ONE ``GradScaler.update()`` per iteration under fp16
+(:func:`step_optimizers`; accelerate's optimizer wrapper would update the scale after each).
+With denoising on, the model sees a corrupted input and is scored against the clean one.
+
+Validation streams the validation loader (each rank its share, never all volumes at once),
+scores every volume (:mod:`plugins.autoencoder.metrics`), gathers the rows of all ranks and
+writes ``eval/cases.csv`` (one row per volume) and ``eval/metrics.json`` (means over the
+volumes, the all-black reconstruction's under ``reference_black``).
+
+Differences from taming-transformers' ``VQLPIPSWithDiscriminator`` (deliberate):
+
+| taming | here | why |
+|---|---|---|
+| pixel term ``mean abs(x - x_rec)`` | the chosen ``reconstruction_loss_type`` terms | seed 001's losses |
+| hinge / vanilla GAN loss | least squares (MONAI ``PatchAdversarialLoss``) | MONAI's AutoencoderKL recipe |
+| adaptive adversarial weight always on | only with ``weighting: adaptive`` | ``fixed`` keeps seed 001's plain sum |
+| one optimizer step per ``optimizer_idx`` (Lightning) | both backward, then both steps, one scaler update | one GradScaler for two optimizers |
 
 Run directory: ``config.json``, ``metrics_step.jsonl``, ``metrics_epoch.jsonl``,
-TensorBoard events (``tensorboard/``), ``samples/*.png``,
+TensorBoard events (``tensorboard/``), ``samples/*.png``, ``eval/{metrics.json, cases.csv}``,
 ``checkpoints/checkpoint-STEP/`` (``accelerator.save_state`` +
 ``train_state.json``, written to a temp folder and renamed) and the final
 model (:func:`save_autoencoder`, with the measured latent scaling factor).
@@ -32,7 +49,7 @@ import numpy as np
 import torch
 from matplotlib import image as mpl_image
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from torch.utils.data import DataLoader
@@ -44,18 +61,34 @@ from plugins.autoencoder.data import build_datasets
 from plugins.autoencoder.denoising import corrupt
 from plugins.autoencoder.images import reconstruction_panels
 from plugins.autoencoder.losses import ReconstructionLoss, kl_loss
-from plugins.autoencoder.metrics import ForegroundMetrics
+from plugins.autoencoder.metrics import foreground_scores, mean_over_cases, psnr
 from plugins.autoencoder.models import KLAutoencoder, measure_scaling_factor, model_kwargs, save_autoencoder
 from plugins.autoencoder.perceptual import build_perceptual_loss
 from plugins.common.errors import InputError
 from plugins.common.resume import loader_generator
 from plugins.common.run_dir import claim_run_dir
-from plugins.common.run_log import EPOCH_METRICS, STEP_METRICS, MetricsLog, truncate_metrics, write_config
+from plugins.common.run_log import (EPOCH_METRICS, STEP_METRICS, MetricsLog, truncate_metrics, write_case_table,
+                                    write_config, write_json_atomic)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "train_state.json"
 TERM_NAMES = {"recon": "pixel_loss", "dice": "dice_loss"}
 SCALING_BATCHES = 8
+EVAL_DIR = "eval"
+
+
+def step_optimizers(optimizers: list, scaler) -> None:
+    """Step every optimizer, then update the GradScaler once (PyTorch AMP with several optimizers).
+
+    ``optimizers`` are plain torch optimizers; ``scaler`` a ``GradScaler`` or None (no fp16).
+    """
+    if scaler is None:
+        for opt in optimizers:
+            opt.step()
+        return
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
 
 
 def find_checkpoint(run_dir: str, spec: str) -> str | None:
@@ -173,7 +206,6 @@ class AutoencoderTrainer:
         logs["kl_loss"] = kl.detach()
         if self.perceptual is not None:
             perc = self.perceptual(recon.float(), target.float())
-            total = total + t["perceptual_weight"] * perc
             logs["perceptual_loss"] = perc.detach()
         adv = None
         if adv_on:
@@ -182,21 +214,23 @@ class AutoencoderTrainer:
                                 for_discriminator=False)
             self.disc.requires_grad_(True)
             logs["adv_loss"] = adv.detach()
+        adaptive = t["loss"]["weighting"] == "adaptive"
+        last = self.accelerator.unwrap_model(self.model).last_layer_weight() if adaptive else None
         lambdas = {}
-        if t["loss"]["weighting"] == "adaptive":
-            ref_name = self.recon_loss.reference
+        ref_name = self.recon_loss.reference
+        others = {k: v for k, (_, v) in terms.items() if k != ref_name}
+        if adaptive and others:
             ref_w, ref = terms[ref_name]
-            others = {k: v for k, (_, v) in terms.items() if k != ref_name}
-            if adv is not None:
-                others["adv"] = adv
-            if others:
-                last = self.accelerator.unwrap_model(self.model).last_layer_weight()
-                lambdas = adaptive_weights(ref_w * ref, others, last, t["loss"]["adaptive_max_weight"])
-                logs.update({f"lambda_{k}": v for k, v in lambdas.items()})
-        for name, (w, v) in terms.items():
-            total = total + w * lambdas.get(name, 1.0) * v
+            lambdas = adaptive_weights(ref_w * ref, others, last, t["loss"]["adaptive_max_weight"])
+        nll = sum(w * lambdas.get(name, 1.0) * v for name, (w, v) in terms.items())
+        if self.perceptual is not None:
+            nll = nll + t["perceptual_weight"] * perc
+        total = total + nll
         if adv is not None:
+            if adaptive:  # taming: ||grad nll|| / (||grad L_adv|| + 1e-4) at the last layer, nll incl. perceptual
+                lambdas.update(adaptive_weights(nll, {"adv": adv}, last, t["loss"]["adaptive_max_weight"]))
             total = total + t["adv_weight"] * lambdas.get("adv", 1.0) * adv
+        logs.update({f"lambda_{k}": v for k, v in lambdas.items()})
         logs["total_loss"] = total.detach()
         return total, logs
 
@@ -212,8 +246,7 @@ class AutoencoderTrainer:
             recon, mu, logvar = self.model(self._inputs(target, generator), generator=generator)
             total, logs = self._generator_losses(target, recon, mu, logvar, adv_on)
             acc.backward(total)
-            self.opt_g.step()
-            self.opt_g.zero_grad()
+            optimizers = [self.opt_g]
             if adv_on:
                 fake = self.adv_loss(self.disc(recon.detach().contiguous().float())[-1], target_is_real=False,
                                      for_discriminator=True)
@@ -221,45 +254,69 @@ class AutoencoderTrainer:
                                      for_discriminator=True)
                 disc_loss = self.t["adv_weight"] * 0.5 * (fake + real)
                 acc.backward(disc_loss)
-                self.opt_d.step()
-                self.opt_d.zero_grad()
+                optimizers.append(self.opt_d)
                 logs["disc_loss"] = disc_loss.detach()
+            if acc.sync_gradients:
+                step_optimizers([opt.optimizer for opt in optimizers], acc.scaler)
+                for opt in optimizers:
+                    opt.zero_grad()
         return {k: float(v) for k, v in logs.items()}
 
     # ----------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict:
-        """Reconstruction loss, KL, foreground metrics at the loss threshold (and vs masks), images."""
+        """Score every validation volume (each rank its share, batch by batch), gather the rows of all
+        ranks, write ``eval/cases.csv`` and ``eval/metrics.json``; return the means over the volumes."""
         acc, model = self.accelerator, self.accelerator.unwrap_model(self.model)
         model.eval()
-        threshold = self.recon_loss.threshold
-        fg, mask_fg = ForegroundMetrics(threshold), ForegroundMetrics(threshold, prefix="mask_")
-        sums, count, panels = {"recon_loss": 0.0, "l1": 0.0, "kl_loss": 0.0}, 0, None
         val_generator = self._generator(2**31 - 1)  # not an epoch index
         limit = self.t["fast_dev_run_batches"] if self.t["fast_dev_run"] else None
-        batches = list(self.val_loader)[:limit]
-        for batch in tqdm(batches, desc="validate", leave=False, disable=not acc.is_main_process):
+        rows, panels = [], None
+        for i, batch in enumerate(tqdm(self.val_loader, desc="validate", leave=False,
+                                       disable=not acc.is_main_process)):
+            if limit is not None and i >= limit:
+                break
             target = batch["image"]
             inputs = self._inputs(target, val_generator)
             mu, logvar = model.encode(inputs)
             recon = model.decode(mu).float()
-            sums["recon_loss"] += float(self.recon_loss(recon, target.float()))
-            sums["l1"] += float((recon - target).abs().mean())
-            sums["kl_loss"] += float(kl_loss(mu.float(), logvar.float()))
-            count += 1
-            fg.update(recon, target > threshold)
-            if "mask" in batch:
-                mask_fg.update(recon, batch["mask"])
+            rows.extend(self._case_rows(batch, recon, target.float(), mu.float(), logvar.float()))
             if panels is None:
                 panels = reconstruction_panels(inputs[0], recon[0], target[0])
         model.train()
-        out = {k: v / max(count, 1) for k, v in sums.items()}
-        out.update(fg.compute())
-        if self.val_set.masks is not None:
-            out.update(mask_fg.compute())
-        if panels is not None and acc.is_main_process:
-            self._log_images(*panels)
-        return out
+        rows = list({r["case"]: r for r in gather_object(rows)}.values())  # even_batches repeats a few cases
+        metrics = mean_over_cases([{k: v for k, v in r.items() if not k.startswith("black_")} for r in rows])
+        if acc.is_main_process:
+            self._write_eval(rows, metrics)
+            if panels is not None:
+                self._log_images(*panels)
+        return metrics
+
+    def _case_rows(self, batch: dict, recon, target, mu, logvar) -> list[dict]:
+        """One row per volume: losses, PSNR, foreground scores (and vs the masks), the all-black PSNR."""
+        threshold, rows = self.recon_loss.threshold, []
+        for j in range(target.shape[0]):
+            case = self.val_set.case_id(int(batch["index"][j]))
+            p, x = recon[j:j + 1], target[j:j + 1]
+            row = {"case": case, "subject": case, "recon_loss": float(self.recon_loss(p, x)),
+                   "l1": float((p - x).abs().mean()), "kl_loss": float(kl_loss(mu[j:j + 1], logvar[j:j + 1])),
+                   "psnr": psnr(p, x), **foreground_scores(p, x > threshold, threshold)}
+            if "mask" in batch:
+                row.update(foreground_scores(p, batch["mask"][j:j + 1], threshold, prefix="mask_"))
+            row["black_psnr"] = psnr(torch.zeros_like(x), x)
+            rows.append(row)
+        return rows
+
+    def _write_eval(self, rows: list[dict], metrics: dict) -> None:
+        black = {k: v for k, v in metrics.items() if k.startswith(("fg_", "mask_"))}
+        black = {k: (None if v is None else 0.0) for k, v in black.items()}  # no predicted voxel: Dice 0, ratio 0
+        black["psnr"] = mean_over_cases([{"psnr": r["black_psnr"]} for r in rows])["psnr"]
+        folder = os.path.join(self.run_dir, EVAL_DIR)
+        os.makedirs(folder, exist_ok=True)
+        write_case_table(os.path.join(folder, "cases.csv"), rows)
+        write_json_atomic(os.path.join(folder, "metrics.json"),
+                          {**metrics, "num_volumes": len(rows), "step": self.global_step,
+                           "threshold": self.recon_loss.threshold, "reference_black": black}, indent=2)
 
     def _log_images(self, panel: torch.Tensor, error: torch.Tensor) -> None:
         tag = "val/patch_denoising" if self.t["denoising"]["enabled"] else "val/patch_reconstruction"
@@ -279,7 +336,7 @@ class AutoencoderTrainer:
                   f"foreground weights and metrics see background only", file=sys.stderr)
 
     def _log(self, prefix: str, values: dict, step: int) -> None:
-        self.accelerator.log({f"{prefix}{k}": v for k, v in values.items()}, step=step)
+        self.accelerator.log({f"{prefix}{k}": v for k, v in values.items() if v is not None}, step=step)
 
     def train(self) -> dict:
         """Run to ``n_epochs`` or ``max_steps``; return the last validation metrics."""
