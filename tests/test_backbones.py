@@ -1,5 +1,7 @@
 """Backbone registry: every backbone builds from YAML, maps shapes, saves/loads inside the SR pipeline."""
 
+import os
+
 import pytest
 import torch
 
@@ -46,3 +48,28 @@ def test_unknown_parameter_and_channel_mismatch_are_refused():
     model = build_backbone("unet", 4, 8, TINY_BACKBONES["unet"])
     with pytest.raises(InputError, match="takes 8 channels in and 4 out.*latent_channels 3"):
         check_denoiser_fits(model, 3)
+
+
+def _param_counts(backbones: dict, latent_channels: int) -> dict:
+    return {name: count_parameters(build_backbone(name, latent_channels, 32, params))
+            for name, params in backbones.items()}
+
+
+@pytest.mark.parametrize("latent_channels", [4, 16])
+def test_matched_sets_are_within_ten_percent_and_the_seed_ratio_set_has_the_dit_at_2_5x(latent_channels):
+    import yaml
+
+    from plugins.backbones.registry import TINY_BACKBONES as tiny, TINY_SEED_RATIO_BACKBONES as tiny_ratio
+    def load(name):
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", name)) as f:
+            return yaml.safe_load(f)
+
+    matched = [tiny, load("sr_backbones.yaml")]
+    for backbones in matched:
+        counts = _param_counts(backbones, latent_channels)
+        assert set(counts) == set(BACKBONES)
+        assert max(counts.values()) <= 1.1 * min(counts.values()), counts
+    for backbones in (tiny_ratio, load("sr_backbones_seed_ratio.yaml")):
+        counts = _param_counts(backbones, latent_channels)
+        assert 2.3 <= counts["dit"] / counts["unet"] <= 2.7, counts  # seed 004: 45.8 M / 18.5 M
+        assert abs(counts["hybrid"] / counts["unet"] - 1) <= 0.1
