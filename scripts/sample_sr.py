@@ -3,8 +3,10 @@
     python scripts/sample_sr.py --model_path runs/sr --data_dir data/demo/sr --out_dir runs/sr/eval \
         --num_inference_steps 20
 
-Writes ``OUT_DIR/metrics.json`` (PSNR, SSIM, MS-SSIM, NRMSE for SR and bicubic) and
-``OUT_DIR/sr_grid.png`` (low-res, bicubic, SR, high-res, error map); prints the metrics as one JSON line.
+Writes ``OUT_DIR/metrics.json`` (means over the images of per-image PSNR, SSIM, MS-SSIM, NRMSE; the data-set
+PSNR as ``psnr_pooled``; bicubic's under ``reference_bicubic``; sampling seconds per image),
+``OUT_DIR/cases.csv`` (one row per image, bicubic as ``bicubic_*`` columns) and ``OUT_DIR/sr_grid.png``
+(low-res, bicubic, SR, high-res, error map); prints the metrics as one JSON line.
 """
 
 import json
@@ -15,7 +17,7 @@ import torch
 
 from plugins.common.errors import InputError, run_main
 from plugins.common.flags import EVAL_DEFAULTS, make_parser
-from plugins.common.run_log import write_json_atomic
+from plugins.common.run_log import write_case_table, write_json_atomic
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, save_grid
 
@@ -31,12 +33,13 @@ def main(argv=None):
     dataset = SRPairDataset(args.data_dir, args.split)
     out_dir = args.out_dir or os.path.join(args.model_path, "eval")
     torch.manual_seed(args.seed)
-    scores, images = evaluate_pipeline(pipe, dataset, args.num_inference_steps, args.batch_size, args.seed,
-                                       args.max_samples)
+    scores, rows, images = evaluate_pipeline(pipe, dataset, args.num_inference_steps, args.batch_size, args.seed,
+                                             args.max_samples)
     scores.update(model_path=args.model_path, split=args.split, num_inference_steps=args.num_inference_steps)
     os.makedirs(out_dir, exist_ok=True)
     save_grid(os.path.join(out_dir, "sr_grid.png"), images["low_res"], images["bicubic"], images["sr"],
               images["high_res"], args.grid_rows)
+    write_case_table(os.path.join(out_dir, "cases.csv"), rows)
     write_json_atomic(os.path.join(out_dir, "metrics.json"), scores, indent=2)
     print(json.dumps(scores))
 

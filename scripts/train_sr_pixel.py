@@ -1,7 +1,8 @@
 """The SR entry of seed 003: ``train_sr.py`` with the pixel-loss branch on by default.
 
 Defaults ``--pixel_loss_weight 0.05 --pixel_loss_type l2 --pixel_loss_max_t 0.3
---pixel_loss_paired_only True``; every one can be overridden on the command line or in ``--config``.
+--pixel_loss_paired_only True`` (the gate is also ``train_sr.py``'s default; the weight turns the
+branch on); every one can be overridden on the command line or in ``--config``.
 
     accelerate launch scripts/train_sr_pixel.py --vae_path RUN_DIR/vae --output_dir runs/sr_pixel
 """
@@ -11,8 +12,7 @@ import sys
 from plugins.common.errors import run_main
 from plugins.latent_sr.trainer import main
 
-PIXEL_DEFAULTS = dict(pixel_loss_weight=0.05, pixel_loss_type="l2", pixel_loss_max_t=0.3,
-                      pixel_loss_paired_only=True, out_dir="runs/sr_pixel")
+PIXEL_DEFAULTS = dict(pixel_loss_weight=0.05, out_dir="runs/sr_pixel")
 
 
 def pixel_main(argv=None):

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from plugins.common.errors import run_main
-from plugins.common.run_log import read_jsonl
+from plugins.common.run_log import read_case_table, read_jsonl
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr.trainer import main as train_main
 from plugins.latent_sr.trainer import parse_config
@@ -49,6 +49,9 @@ def test_pixel_entry_defaults_and_overrides():
     cfg = parse_config([], overrides=train_sr_pixel.PIXEL_DEFAULTS)
     assert (cfg["pixel_loss_weight"], cfg["pixel_loss_type"], cfg["pixel_loss_max_t"],
             cfg["pixel_loss_paired_only"]) == (0.05, "l2", 0.3, True)
+    train_sr_alone = parse_config(["--pixel_loss_weight", "0.05"])  # the seed's gate unless told otherwise
+    assert (train_sr_alone["pixel_loss_type"], train_sr_alone["pixel_loss_max_t"],
+            train_sr_alone["pixel_loss_paired_only"]) == ("l2", 0.3, True)
     cfg = parse_config(["--pixel_loss_max_t", "0.2", "--pixel_loss_paired_only", "False"],
                        overrides=train_sr_pixel.PIXEL_DEFAULTS)
     assert cfg["pixel_loss_max_t"] == 0.2 and cfg["pixel_loss_paired_only"] is False
@@ -66,12 +69,21 @@ def test_pixel_run_end_to_end_then_sample(env, capsys):
     records = read_jsonl(os.path.join(out, "metrics_step.jsonl"))
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(0.0 <= r["pixel_fraction"] <= 1.0 and "loss_pixel" in r and "loss_lpl" in r for r in records)
+    assert all(0.0 <= r["pixel_grad_share"] <= 1.0 for r in records)
     assert json.load(open(os.path.join(out, "config.json")))["pixel_loss_type"] == "l2"
     eval_dir = str(env["root"] / "eval")
     assert run_main(sample_sr.main, ["--model_path", out, "--data_dir", env["data"], "--out_dir", eval_dir,
                                      "--num_inference_steps", "2"]) == 0
     scores = json.load(open(os.path.join(eval_dir, "metrics.json")))
-    assert set(scores["sr"]) == set(scores["bicubic"]) == {"psnr", "ssim", "ms_ssim", "nrmse"}
+    metrics = {"psnr", "ssim", "ms_ssim", "nrmse", "psnr_pooled"}
+    assert metrics <= set(scores) and set(scores["reference_bicubic"]) == metrics
+    rows = read_case_table(os.path.join(eval_dir, "cases.csv"))
+    assert len(rows) == scores["num_images"] == SRPairDataset(env["data"], "val").num_paired()
+    assert {"case", "subject", "psnr", "ssim", "nrmse", "bicubic_psnr", "bicubic_ssim", "bicubic_nrmse"} <= set(rows[0])
+    for key in ("psnr", "nrmse"):  # the metric is the mean of the per-image values
+        assert scores[key] == pytest.approx(np.mean([r[key] for r in rows]), rel=1e-6)
+        assert scores["reference_bicubic"][key] == pytest.approx(np.mean([r[f"bicubic_{key}"] for r in rows]), rel=1e-6)
+    assert scores["sampling_s_per_image"] > 0
     assert os.path.getsize(os.path.join(eval_dir, "sr_grid.png")) > 0
 
 
@@ -196,3 +208,37 @@ def test_pixel_term_reaches_the_denoiser_gradient(env):
     assert torch.equal(grad(0.05, unpaired)[0], grad(0.0, unpaired)[0])
     above, logs = grad(0.05, max_t=1e-6)
     assert logs["pixel_fraction"] == 0.0 and torch.equal(above, flow)
+
+
+def test_pixel_grad_share_is_the_pixel_terms_part_of_the_output_gradient(env):
+    """The logged share equals |g(lambda) - g(0)| / (|g(lambda) - g(0)| + |g(0)|), with g the gradient at the
+    denoiser's output read from two separate runs (weight lambda and weight 0, same t and noise)."""
+    from torch.utils.data import default_collate
+
+    from plugins.latent_sr.objective import SRFlowObjective
+    from plugins.latent_sr.trainer import build_components
+    cfg = parse_config(train_argv(env["data"], env["vae"], env["yaml"], str(env["root"] / "share"), 1,
+                                  "--pixel_loss_max_t", "1.0"), overrides=train_sr_pixel.PIXEL_DEFAULTS)
+    dataset, vae, denoiser = build_components(cfg)
+    batch = default_collate([dataset[i] for i in range(4)])
+    seen = {}
+
+    def watch(module, inputs, out):
+        out.sample.register_hook(lambda g: seen.__setitem__("g", g))
+
+    denoiser.register_forward_hook(watch)
+
+    def run(weight):
+        objective = SRFlowObjective(vae, {**cfg, "pixel_loss_weight": weight}, dataset.scale, cfg["vae_pixel_range"])
+        torch.manual_seed(0)
+        denoiser.zero_grad()
+        loss, logs = objective(denoiser, batch)
+        loss.backward()
+        return seen["g"].clone(), {**logs, **objective.grad_logs()}
+
+    g0, logs0 = run(0.0)
+    g1, logs1 = run(0.5)
+    assert "pixel_grad_share" not in logs0
+    pix, rest = (g1 - g0).norm(), g0.norm()
+    assert logs1["pixel_grad_share"] == pytest.approx(float(pix / (pix + rest)), rel=1e-3)
+    assert 0 < logs1["pixel_grad_share"] < 1

@@ -1,13 +1,21 @@
-"""SR evaluation: torchmetrics PSNR, SSIM, MS-SSIM, NRMSE of SR and bicubic against HR, and a PNG grid.
+"""SR evaluation: per-image PSNR, SSIM, MS-SSIM, NRMSE (torchmetrics) of SR and bicubic against HR,
+sampling time apart from the metrics, and a PNG grid.
 
-Images are [N, 1, H, W] in [0, 1] (``data_range = 1``). NRMSE is ``RMSE / (max - min)`` of
-the HR image, per image then averaged. MS-SSIM uses the first scales of the standard
-``(0.0448, 0.2856, 0.3001, 0.2363, 0.1333)`` that fit the image size (re-normalised).
+Images are [N, 1, H, W] in [0, 1] (``data_range = 1``). Every figure is computed per image and
+averaged over the images (the per-case table's rows): PSNR = 10 log10(1 / MSE_i), NRMSE =
+RMSE_i / (max - min of HR image i). ``psnr_pooled`` is the data-set PSNR (squared error pooled over
+all images). MS-SSIM uses the first scales of the standard ``(0.0448, 0.2856, 0.3001, 0.2363, 0.1333)``
+that fit the image size (re-normalised). The bicubic reference's figures sit under
+``reference_bicubic`` (and as ``bicubic_*`` columns of the case table).
+``sampling_s_per_image`` times the pipeline calls alone: after ``warmup_batches`` untimed calls,
+``torch.cuda.synchronize`` around each call on a GPU; data reads, bicubic and metrics run outside it.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 
 import matplotlib
 
@@ -16,9 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
+from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,  # noqa: E402
+                                           peak_signal_noise_ratio, structural_similarity_index_measure)
 from torchmetrics.functional.regression import normalized_root_mean_squared_error  # noqa: E402
-from torchmetrics.image import (MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio,  # noqa: E402
-                                StructuralSimilarityIndexMeasure)
 from tqdm.auto import tqdm  # noqa: E402
 
 from plugins.backbones.registry import check_denoiser_fits  # noqa: E402
@@ -40,28 +48,29 @@ def ms_ssim_settings(size: int) -> tuple[tuple[float, ...], int]:
     raise ValueError(f"images of {size} px are too small for MS-SSIM")
 
 
-class SRMetrics:
-    """Accumulates ``update(pred, target)`` over batches; ``compute()`` -> {psnr, ssim, ms_ssim, nrmse}."""
+def image_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, list[float]]:
+    """{psnr, ssim, ms_ssim, nrmse, mse}: one value per image of ``pred``/``target`` [N, 1, H, W]."""
+    pred, target = pred.float().cpu(), target.float().cpu()
+    betas, kernel = ms_ssim_settings(target.shape[-1])
+    ms_ssim = multiscale_structural_similarity_index_measure(  # Gaussian window 2 int(3.5 sigma + .5) + 1
+        pred, target, data_range=1.0, betas=betas, kernel_size=kernel, sigma=1.5 * kernel / 11, reduction="none")
+    scores = {
+        "psnr": peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)),
+        "ssim": structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none"),
+        "ms_ssim": ms_ssim,
+        "nrmse": torch.stack([normalized_root_mean_squared_error(p.flatten(), t.flatten(), normalization="range")
+                              for p, t in zip(pred, target)]),
+        "mse": (pred - target).square().flatten(1).mean(1),
+    }
+    return {k: [float(x) for x in v] for k, v in scores.items()}
 
-    def __init__(self, size: int):
-        betas, kernel = ms_ssim_settings(size)
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.ms_ssim = MultiScaleStructuralSimilarityIndexMeasure(  # Gaussian window size 2 int(3.5 sigma + .5) + 1
-            data_range=1.0, betas=betas, kernel_size=kernel, sigma=1.5 * kernel / 11)
-        self.nrmse: list[torch.Tensor] = []
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        pred, target = pred.float().cpu(), target.float().cpu()
-        self.psnr.update(pred, target)
-        self.ssim.update(pred, target)
-        self.ms_ssim.update(pred, target)
-        for p, t in zip(pred, target):
-            self.nrmse.append(normalized_root_mean_squared_error(p.flatten(), t.flatten(), normalization="range"))
-
-    def compute(self) -> dict:
-        return {"psnr": float(self.psnr.compute()), "ssim": float(self.ssim.compute()),
-                "ms_ssim": float(self.ms_ssim.compute()), "nrmse": float(torch.stack(self.nrmse).mean())}
+def summarise(scores: dict[str, list[float]]) -> dict:
+    """Means over the images of :func:`image_scores` lists, plus ``psnr_pooled`` (the data-set PSNR)."""
+    out = {k: sum(v) / len(v) for k, v in scores.items() if k in METRICS}
+    mse = sum(scores["mse"]) / len(scores["mse"])
+    out["psnr_pooled"] = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    return out
 
 
 def save_grid(path: str, low_res, bicubic, sr, high_res, max_rows: int = 8) -> str:
@@ -107,12 +116,20 @@ def load_pipeline(model_path: str):
     return pipe
 
 
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: int = 8, seed: int = 0,
-                      max_samples: int = 0) -> tuple[dict, dict]:
-    """Metrics of SR and bicubic on ``dataset``'s paired samples, and the images of the first batch.
+                      max_samples: int = 0, warmup_batches: int = 0) -> tuple[dict, list[dict], dict]:
+    """Per-image metrics of SR and bicubic on ``dataset``'s paired samples, the case rows, the first batch.
 
-    Returns ``({"sr": {...}, "bicubic": {...}, "num_images": n}, {"low_res", "bicubic", "sr", "high_res"})``.
+    Returns ``(metrics, rows, images)``: ``metrics`` = the SR means (module docstring), ``psnr_pooled``,
+    ``reference_bicubic``, ``num_images``, ``sampling_s_per_image``; ``rows`` one dict per image
+    (``case`` = the pair's file name, ``subject`` = the same, SR and ``bicubic_*`` metrics); ``images``
+    the first batch's ``low_res``, ``bicubic``, ``sr``, ``high_res``.
     """
     if dataset.scale != pipe.config.scale:
         raise InputError(f"--data_dir: pairs have scale {dataset.scale} but the pipeline was trained for scale "
@@ -122,20 +139,35 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
         indices = indices[:max_samples]
     if not indices:
         raise InputError("--data_dir: the split has no paired samples to evaluate")
+    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    device = pipe.denoiser.device
+    for idx in batches[:1] * warmup_batches:  # untimed, with its own generator: results do not depend on it
+        pipe(torch.stack([dataset[i]["lr"] for i in idx]), num_inference_steps=num_inference_steps,
+             generator=torch.Generator().manual_seed(seed + 1))
     generator = torch.Generator().manual_seed(seed)
-    sr_metrics, bic_metrics = SRMetrics(dataset.hr_size), SRMetrics(dataset.hr_size)
-    first: dict = {}
-    for start in tqdm(range(0, len(indices), batch_size), desc="sample_sr"):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
+    sr_scores, bic_scores, names, first, seconds = {}, {}, [], {}, 0.0
+    for idx in tqdm(batches, desc="sample_sr"):
+        items = [dataset[i] for i in idx]
         low = torch.stack([it["lr"] for it in items])
         high = torch.stack([it["hr"] for it in items])
-        sr = pipe(low, num_inference_steps=num_inference_steps, generator=generator).cpu()
+        _sync(device)
+        start = time.perf_counter()
+        sr = pipe(low, num_inference_steps=num_inference_steps, generator=generator)
+        _sync(device)
+        seconds += time.perf_counter() - start
+        sr = sr.cpu()
         bicubic = upsample(low, dataset.scale)
-        sr_metrics.update(sr, high)
-        bic_metrics.update(bicubic, high)
+        for store, pred in ((sr_scores, sr), (bic_scores, bicubic)):
+            for k, v in image_scores(pred, high).items():
+                store.setdefault(k, []).extend(v)
+        names.extend(os.path.splitext(dataset.names[i])[0] for i in idx)
         if not first:
             first = {"low_res": upsample_nearest(low, dataset.scale), "bicubic": bicubic, "sr": sr, "high_res": high}
-    return {"sr": sr_metrics.compute(), "bicubic": bic_metrics.compute(), "num_images": len(indices)}, first
+    rows = [{"case": name, "subject": name, **{k: sr_scores[k][j] for k in METRICS},
+             **{f"bicubic_{k}": bic_scores[k][j] for k in METRICS}} for j, name in enumerate(names)]
+    metrics = {**summarise(sr_scores), "reference_bicubic": summarise(bic_scores), "num_images": len(indices),
+               "sampling_s_per_image": seconds / len(indices)}
+    return metrics, rows, first
 
 
 def upsample_nearest(low_res: torch.Tensor, scale: int) -> torch.Tensor:

@@ -4,8 +4,16 @@
 ``L_diff = mse(v_hat, eps - z0)``; ``v_hat = denoiser([z_t, c], 1000 t)`` where the
 condition ``c = E(bicubic_up(lr))`` for paired samples and 0 for unpaired ones
 (paired conditioning by channel concatenation: the denoiser sees 2 x latent_channels).
-Logs: ``loss``, ``loss_diff``, and when on ``loss_pixel`` (unweighted), ``pixel_fraction``,
-``pixel_adaptive_weight``, ``loss_lpl``, ``lpl_fraction``.
+Logs: ``loss``, ``loss_diff``, and when on ``loss_pixel`` (unweighted), ``pixel_fraction`` (the
+gated fraction of the batch), ``pixel_adaptive_weight``, ``loss_lpl``, ``lpl_fraction``; after the
+backward pass :meth:`SRFlowObjective.grad_logs` adds ``pixel_grad_share``, the weighted pixel
+term's share of the gradient the denoiser receives at its output ``v_hat`` (every parameter's
+gradient flows through it):
+
+    share = ||g_pix|| / (||g_pix|| + ||g_v - g_pix||),  g_v = dL/dv_hat,  g_pix = d(lambda L_pix)/dv_hat,
+
+read from two tensor hooks during the one backward pass (no extra pass; a loss scale cancels).
+``--pixel_loss_weight`` alone uses the seed's gate (l2, t <= 0.3, paired samples only).
 """
 
 from __future__ import annotations
@@ -28,10 +36,10 @@ LOSS_DEFAULTS = dict(
     logit_mean=0.0,
     logit_std=1.0,
     pixel_loss_weight=0.0,
-    pixel_loss_type="l1",
-    pixel_loss_max_t=1.0,
+    pixel_loss_type="l2",
+    pixel_loss_max_t=0.3,
     pixel_loss_schedule="hard",
-    pixel_loss_paired_only=False,
+    pixel_loss_paired_only=True,
     pixel_adaptive_weight=False,
     adaptive_weight_max=1e4,
     lpl_weight=0.0,
@@ -65,6 +73,7 @@ class SRFlowObjective:
         self.lpl = None
         if cfg["lpl_weight"] > 0:
             self.lpl = DecoderFeatureLoss(vae, self.decode, cfg["lpl_max_t"], cfg["lpl_outlier_threshold"])
+        self._grads: dict = {}
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return codec.encode(self.vae, images, self.pixel_range)
@@ -88,10 +97,12 @@ class SRFlowObjective:
         v_hat = denoiser(torch.cat([z_t, cond], dim=1), t * NUM_TRAIN_TIMESTEPS).sample
         loss_diff = F.mse_loss(v_hat.float(), velocity(z0, eps).float())
         loss, logs = loss_diff, {"loss_diff": loss_diff.detach()}
-        if self.pixel is not None or self.lpl is not None:
+        if self.lpl is not None:
             z0_hat = x0_from_velocity(z_t, t, v_hat)
         if self.pixel is not None:
-            loss_pix, fraction = self.pixel(self.decode, z0_hat, batch["hr"], t, batch["paired"])
+            z0_pix = x0_from_velocity(z_t, t, v_hat)  # its own node: its gradient is the pixel term's alone
+            self._watch(v_hat, z0_pix, t)
+            loss_pix, fraction = self.pixel(self.decode, z0_pix, batch["hr"], t, batch["paired"])
             weight = cfg["pixel_loss_weight"]
             if cfg["pixel_adaptive_weight"]:
                 w_adapt = adaptive_weight(loss_diff, loss_pix, output_layer_weight(_unwrap(denoiser)),
@@ -106,6 +117,24 @@ class SRFlowObjective:
             logs.update(loss_lpl=loss_lpl.detach(), lpl_fraction=fraction)
         logs["loss"] = loss.detach()
         return loss, logs
+
+    def _watch(self, v_hat: torch.Tensor, z0_pix: torch.Tensor, t: torch.Tensor) -> None:
+        self._grads = {"t": t.detach()}
+        if v_hat.requires_grad:
+            v_hat.register_hook(lambda g: self._grads.__setitem__("v", g.detach()))
+            z0_pix.register_hook(lambda g: self._grads.__setitem__("z0", g.detach()))
+
+    def grad_logs(self) -> dict:
+        """After ``backward``: ``{"pixel_grad_share": share}`` (module docstring) when the branch is on."""
+        grads, self._grads = self._grads, {}
+        if self.pixel is None or "v" not in grads:
+            return {}
+        if "z0" not in grads:  # nothing gated: the pixel term sent no gradient
+            return {"pixel_grad_share": 0.0}
+        g_pix = -grads["t"].view(-1, *[1] * (grads["z0"].ndim - 1)) * grads["z0"].float()  # z0 = z_t - t v
+        rest = (grads["v"].float() - g_pix).norm()
+        pix = g_pix.norm()
+        return {"pixel_grad_share": float(pix / (pix + rest).clamp(min=1e-30))}
 
 
 def _unwrap(model):

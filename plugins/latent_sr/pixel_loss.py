@@ -3,7 +3,13 @@
 Per-sample weight ``w_i``: ``1[t_i <= t_max]`` (``hard``) or ``max(0, (t_max - t_i) / t_max)``
 (``ramp``), times ``1[paired_i]`` when ``paired_only``. Only samples with ``w_i > 0`` are decoded.
 ``L_pix = sum_i w_i l_i / n_gated`` with ``l_i`` the per-sample mean L1 or squared error in
-[0, 1] pixel units (0 when nothing is gated); ``fraction = n_gated / B``.
+[-1, 1] pixel units, ``x -> 2 x - 1`` (0 when nothing is gated); ``fraction = n_gated / B``.
+
+The seed's branch (Bagel) scores the decoder's output in its VAE's [-1, 1] range, as diffusers'
+VAEs work; our images are [0, 1], so the error is taken after ``2 x - 1`` whatever the VAE's own
+range (``--vae_pixel_range``): L1 is twice, L2 four times its [0, 1] value, and
+``--pixel_loss_weight 0.05`` weighs the term as the seed's 0.05 does (in [0, 1] units L2 at
+0.05 acted like 0.0125).
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ def gate_weights(t: torch.Tensor, paired: torch.Tensor, max_t: float, schedule: 
 
 
 def per_sample_error(pred: torch.Tensor, target: torch.Tensor, loss_type: str) -> torch.Tensor:
-    """[B, ...] x2 -> [B]: mean absolute (``l1``) or squared (``l2``) error per sample."""
-    diff = pred.float() - target.float()
+    """[B, ...] x2 in [0, 1] -> [B]: mean absolute (``l1``) or squared (``l2``) error per sample, in [-1, 1]
+    units (the difference of ``2 x - 1``, i.e. twice the [0, 1] difference)."""
+    diff = 2.0 * (pred.float() - target.float())
     err = diff.abs() if loss_type == "l1" else diff.square()
     return err.flatten(1).mean(1)
 

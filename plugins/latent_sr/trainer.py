@@ -242,6 +242,7 @@ def train(cfg: dict) -> dict:
                 with accelerator.autocast():
                     loss, logs = objective(denoiser, batch)
                 accelerator.backward(loss)
+                logs.update(objective.grad_logs())
                 if accelerator.sync_gradients and cfg["max_grad_norm"] > 0:
                     accelerator.clip_grad_norm_(denoiser.parameters(), cfg["max_grad_norm"])
                 optimizer.step()
