@@ -1,17 +1,28 @@
-"""Seed 004's table for our backbones, measured in one run on the same SR data and VAE.
+"""Seed 004's table for our backbones, measured in one run on the same SR data and VAE: the matched set and the
+seed-ratio set.
 
-For each backbone of ``--backbones`` (from ``--backbone_config``): train ``--train_steps`` with
-the SR trainer (same seed, data, VAE, flags), then on the validation pairs measure PSNR, NRMSE,
-MS-SSIM (``--num_inference_steps`` Euler steps), parameters, inference seconds per image, peak
-memory of sampling one batch (CUDA: ``max_memory_allocated``; CPU: the peak-RSS rise,
-``VmHWM`` after a reset, in a fresh spawned process that loads the pipeline first) and the median train step time over ``--time_steps`` steps.
-Prints one JSON line per backbone, then the table.
+Two parameter sets: ``--backbone_config`` (matched: every backbone within 10% of the others' parameters, so
+the table compares architectures) and ``--seed_ratio_config`` (the seed's ratio, the DiT at 2.5 x the UNet;
+empty to skip). For each set and each backbone of ``--backbones``: train ``--train_steps`` with the SR trainer
+(same seed, data, VAE, flags; a configuration already trained in the other set is reused), then on the
+validation pairs:
+
+- PSNR (mean of per-image PSNR; the data-set PSNR as ``psnr_pooled``), NRMSE, SSIM, MS-SSIM, the bicubic
+  reference's under ``reference_bicubic`` (``--num_inference_steps`` Euler steps);
+- ``inference_s_per_image``: the sampling calls alone (one untimed warm-up batch, ``torch.cuda.synchronize``
+  on a GPU; data reads, bicubic and metrics outside the timer);
+- ``peak_memory_mb``: total peak memory of sampling one batch, weights included (CUDA:
+  ``max_memory_allocated`` after a reset; CPU: the peak RSS, ``VmHWM``, of a fresh spawned process that
+  loads the pipeline and samples);
+- parameters, and the median train step time over ``--time_steps`` steps.
+
+Writes ``OUT_DIR/<set>/<backbone>/benchmark/{metrics.json, cases.csv}`` (the training run beside it), prints
+one JSON line per row, then the matched table and the seed-ratio table.
 
     python scripts/benchmark_backbones.py --vae_path RUN_DIR/vae --data_dir data/demo/sr --out_dir runs/backbones
 """
 
 import json
-import multiprocessing
 import os
 import statistics
 import sys
@@ -19,54 +30,21 @@ import time
 
 import torch
 
-from plugins.backbones.registry import BACKBONES, check_backbone_name, count_parameters
+from plugins.backbones.registry import BACKBONES, check_backbone_name, count_parameters, load_backbone_params
 from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
+from plugins.common.run_log import write_case_table, write_json_atomic
 from plugins.data.sr_pairs import SRPairDataset
-from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline
+from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, sampling_peak_mb
 from plugins.latent_sr.objective import SRFlowObjective
 from plugins.latent_sr.trainer import all_defaults, train
 
 BENCH_DEFAULTS = dict(vae_path="", data_dir="data/demo/sr", out_dir="runs/backbones", backbones="unet,dit,hybrid",
-                      backbone_config="config/sr_backbones.yaml", train_steps=200, batch_size=8, lr=1e-4,
-                      num_inference_steps=20, time_steps=5, max_samples=0, seed=0)
-
-
-def _vm_kb(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key))
-
-
-def _sample(pipe, low, steps, seed):
-    return pipe(low, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
-
-
-def _cpu_peak_child(pipeline_dir, low, steps, seed, conn):
-    pipe = load_pipeline(pipeline_dir)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    base = _vm_kb("VmRSS")
-    _sample(pipe, low, steps, seed)
-    conn.send((_vm_kb("VmHWM") - base) / 1024)
-
-
-def sampling_peak_mb(pipe, pipeline_dir, low, steps, seed) -> float:
-    """Peak memory (MB) of sampling ``low``: CUDA peak allocation, or a fresh CPU process's peak-RSS rise
-    (a fresh process, so memory freed earlier in this one cannot hide the peak)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        _sample(pipe, low, steps, seed)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    ctx = multiprocessing.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_cpu_peak_child, args=(pipeline_dir, low, steps, seed, send))
-    proc.start()
-    peak = recv.recv()
-    proc.join()
-    return peak
+                      backbone_config="config/sr_backbones.yaml",
+                      seed_ratio_config="config/sr_backbones_seed_ratio.yaml", train_steps=200, batch_size=8,
+                      lr=1e-4, num_inference_steps=20, time_steps=5, max_samples=0, seed=0)
+SETS = ("matched", "seed_ratio")
+METRIC_KEYS = ("psnr", "psnr_pooled", "nrmse", "ssim", "ms_ssim")
 
 
 def train_step_seconds(run_cfg: dict, pipe, dataset, steps: int) -> float:
@@ -99,6 +77,45 @@ def train_step_seconds(run_cfg: dict, pipe, dataset, steps: int) -> float:
     return statistics.median(times)
 
 
+def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple[dict, list[dict]]:
+    """Train ``name`` from ``config`` into ``run_dir`` and measure it: (row, per-image case rows)."""
+    cfg = all_defaults({
+        "data_dir": args.data_dir, "out_dir": run_dir, "vae_path": args.vae_path, "backbone": name,
+        "backbone_config": config, "max_steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,
+        "seed": args.seed, "checkpointing_steps": args.train_steps, "report_to": ""})
+    result = train(cfg)
+    pipe = load_pipeline(result["pipeline_dir"])
+    if torch.cuda.is_available():
+        pipe.to("cuda")
+    scores, cases, _ = evaluate_pipeline(pipe, val, args.num_inference_steps, args.batch_size, args.seed,
+                                         args.max_samples, warmup_batches=1)
+    low = torch.stack([val[i]["lr"] for i in range(min(args.batch_size, len(val)))])
+    row = {"backbone": name, **{k: scores[k] for k in METRIC_KEYS},
+           "params_m": count_parameters(pipe.denoiser) / 1e6,
+           "inference_s_per_image": scores["sampling_s_per_image"],
+           "peak_memory_mb": sampling_peak_mb(pipe, result["pipeline_dir"], low, args.num_inference_steps, args.seed),
+           "train_step_s": train_step_seconds(cfg, pipe, train_set, args.time_steps),
+           "reference_bicubic": scores["reference_bicubic"], "train_steps": args.train_steps,
+           "num_images": scores["num_images"], "run_dir": run_dir,
+           "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    return row, cases
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    print("| backbone | params (M) | PSNR | PSNR pooled | NRMSE | MS-SSIM | inference (s/image) | peak memory (MB) | "
+          "train step (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backbone']} | {r['params_m']:.2f} | {r['psnr']:.2f} | {r['psnr_pooled']:.2f} | {r['nrmse']:.4f} | "
+              f"{r['ms_ssim']:.4f} | {r['inference_s_per_image']:.4f} | {r['peak_memory_mb']:.0f} | "
+              f"{r['train_step_s']:.3f} |")
+    bic = rows[0]["reference_bicubic"]
+    print(f"(bicubic PSNR {bic['psnr']:.2f}, NRMSE {bic['nrmse']:.4f}, MS-SSIM {bic['ms_ssim']:.4f}; "
+          f"{rows[0]['train_steps']} training steps each, {rows[0]['num_images']} validation pairs, "
+          f"{rows[0]['device']})")
+
+
 def main(argv=None):
     args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS).parse_args(argv)
     names = [check_backbone_name(n.strip()) for n in args.backbones.split(",") if n.strip()]
@@ -106,42 +123,29 @@ def main(argv=None):
         raise InputError(f"--backbones: expected a comma-separated subset of {', '.join(BACKBONES)}")
     if min(args.train_steps, args.time_steps, args.num_inference_steps) < 1:
         raise InputError("--train_steps, --time_steps and --num_inference_steps: expected positive integers")
+    configs = {"matched": args.backbone_config, "seed_ratio": args.seed_ratio_config}
+    configs = {s: path for s, path in configs.items() if path}
+    flags = {"matched": "--backbone_config", "seed_ratio": "--seed_ratio_config"}
+    params = {(s, n): load_backbone_params(path, n, flags[s]) for s, path in configs.items() for n in names}
     val = SRPairDataset(args.data_dir, "val")
     train_set = SRPairDataset(args.data_dir, "train")
-    rows = []
-    for name in names:
-        cfg = all_defaults({
-            "data_dir": args.data_dir, "out_dir": os.path.join(args.out_dir, name), "vae_path": args.vae_path,
-            "backbone": name, "backbone_config": args.backbone_config, "max_steps": args.train_steps,
-            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "checkpointing_steps": args.train_steps,
-            "report_to": ""})
-        result = train(cfg)
-        pipe = load_pipeline(result["pipeline_dir"])
-        if torch.cuda.is_available():
-            pipe.to("cuda")
-        start = time.perf_counter()
-        scores, _ = evaluate_pipeline(pipe, val, args.num_inference_steps, args.batch_size, args.seed,
-                                      args.max_samples)
-        per_image = (time.perf_counter() - start) / scores["num_images"]
-        low = torch.stack([val[i]["lr"] for i in range(min(args.batch_size, len(val)))])
-        peak = sampling_peak_mb(pipe, result["pipeline_dir"], low, args.num_inference_steps, args.seed)
-        row = {"backbone": name, "psnr": scores["sr"]["psnr"], "nrmse": scores["sr"]["nrmse"],
-               "ms_ssim": scores["sr"]["ms_ssim"], "params_m": count_parameters(pipe.denoiser) / 1e6,
-               "inference_s_per_image": per_image, "peak_memory_mb": peak,
-               "train_step_s": train_step_seconds(cfg, pipe, train_set, args.time_steps),
-               "bicubic_psnr": scores["bicubic"]["psnr"], "train_steps": args.train_steps,
-               "num_images": scores["num_images"],
-               "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    tables, measured = {s: [] for s in configs}, {}
+    for (set_name, name), p in params.items():
+        key = (name, json.dumps(p, sort_keys=True))
+        folder = os.path.join(args.out_dir, set_name, name)
+        if key not in measured:
+            measured[key] = measure(args, name, configs[set_name], folder, val, train_set)
+        row, cases = measured[key]
+        row = {**row, "set": set_name}
+        os.makedirs(os.path.join(folder, "benchmark"), exist_ok=True)
+        write_case_table(os.path.join(folder, "benchmark", "cases.csv"), cases)
+        write_json_atomic(os.path.join(folder, "benchmark", "metrics.json"), row, indent=2)
         print(json.dumps(row), flush=True)
-        rows.append(row)
-    print("| backbone | PSNR | NRMSE | MS-SSIM | params (M) | inference (s/image) | peak memory (MB) | "
-          "train step (s) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['backbone']} | {r['psnr']:.2f} | {r['nrmse']:.4f} | {r['ms_ssim']:.4f} | {r['params_m']:.2f} | "
-              f"{r['inference_s_per_image']:.3f} | {r['peak_memory_mb']:.1f} | {r['train_step_s']:.3f} |")
-    print(f"(bicubic PSNR {rows[0]['bicubic_psnr']:.2f}; {args.train_steps} training steps each, "
-          f"{args.num_inference_steps} sampling steps, {rows[0]['num_images']} validation pairs)")
+        tables[set_name].append(row)
+    titles = {"matched": f"Matched parameters ({configs.get('matched')})",
+              "seed_ratio": f"Seed 004's ratio, DiT at 2.5 x the UNet ({configs.get('seed_ratio')})"}
+    for set_name, rows in tables.items():
+        print_table(titles[set_name], rows)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,43 @@ def test_matched_sets_are_within_ten_percent_and_the_seed_ratio_set_has_the_dit_
         counts = _param_counts(backbones, latent_channels)
         assert 2.3 <= counts["dit"] / counts["unet"] <= 2.7, counts  # seed 004: 45.8 M / 18.5 M
         assert abs(counts["hybrid"] / counts["unet"] - 1) <= 0.1
+
+
+def test_benchmark_prints_the_matched_and_seed_ratio_tables(tmp_path, capsys, load_script):
+    """Both sets' tables; a configuration shared by the sets is trained once; per-set files."""
+    import json
+
+    import yaml
+
+    from plugins.backbones.registry import TINY_SEED_RATIO_BACKBONES
+    from plugins.common.run_log import read_case_table
+    from tests.test_sr_fixtures import write_pairs
+    ratio = tmp_path / "ratio.yaml"
+    ratio.write_text(yaml.safe_dump(TINY_SEED_RATIO_BACKBONES))
+    out = tmp_path / "bench"
+    argv = ["--vae_path", tiny_vae(str(tmp_path / "vae")), "--data_dir", write_pairs(str(tmp_path / "data")),
+            "--out_dir", str(out), "--backbone_config", tiny_backbones_yaml(str(tmp_path / "bb.yaml")),
+            "--seed_ratio_config", str(ratio), "--backbones", "unet", "--train_steps", "1",
+            "--num_inference_steps", "1", "--time_steps", "1", "--batch_size", "2", "--max_samples", "2"]
+    load_script("benchmark_backbones").main(argv)
+    text = capsys.readouterr().out
+    assert "Matched parameters" in text and "Seed 004's ratio" in text
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert [(r["set"], r["backbone"]) for r in rows] == [("matched", "unet"), ("seed_ratio", "unet")]
+    assert rows[0]["run_dir"] == rows[1]["run_dir"]  # the same configuration in both sets: trained once
+    for r in rows:
+        assert r["inference_s_per_image"] > 0 and r["peak_memory_mb"] > 100  # a whole process: torch alone is more
+        metrics = json.load(open(out / r["set"] / r["backbone"] / "benchmark" / "metrics.json"))
+        assert set(metrics["reference_bicubic"]) >= {"psnr", "nrmse", "ms_ssim"}
+        cases = read_case_table(str(out / r["set"] / r["backbone"] / "benchmark" / "cases.csv"))
+        assert len(cases) == 2 and metrics["psnr"] == pytest.approx(sum(c["psnr"] for c in cases) / 2, rel=1e-6)
+
+
+def test_benchmark_refuses_a_missing_seed_ratio_config(tmp_path, capsys, load_script):
+    from plugins.common.errors import run_main
+    argv = ["--backbone_config", tiny_backbones_yaml(str(tmp_path / "bb.yaml")), "--seed_ratio_config",
+            str(tmp_path / "none.yaml"), "--out_dir", str(tmp_path / "bench")]
+    assert run_main(load_script("benchmark_backbones").main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --seed_ratio_config:") and "none.yaml not found" in err[0]
+    assert not (tmp_path / "bench").exists()

@@ -52,11 +52,12 @@ def check_backbone_name(name: str) -> str:
     return name
 
 
-def load_backbone_params(path: str, name: str) -> dict:
-    """The ``name`` block of the YAML file ``path`` (refused with one line when missing or malformed)."""
+def load_backbone_params(path: str, name: str, flag: str = "--backbone_config") -> dict:
+    """The ``name`` block of the YAML file ``path`` given by ``flag`` (refused with one line when missing or
+    malformed)."""
     check_backbone_name(name)
     if not os.path.isfile(path):
-        raise InputError(f"--backbone_config: {path} not found; expected a YAML file with a block per backbone "
+        raise InputError(f"{flag}: {path} not found; expected a YAML file with a block per backbone "
                          f"({', '.join(BACKBONES)})")
     with open(path) as f:
         try:

@@ -9,11 +9,13 @@ that fit the image size (re-normalised). The bicubic reference's figures sit und
 ``reference_bicubic`` (and as ``bicubic_*`` columns of the case table).
 ``sampling_s_per_image`` times the pipeline calls alone: after ``warmup_batches`` untimed calls,
 ``torch.cuda.synchronize`` around each call on a GPU; data reads, bicubic and metrics run outside it.
+:func:`sampling_peak_mb` is the total peak memory of sampling, weights included.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import time
 
@@ -168,6 +170,36 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
     metrics = {**summarise(sr_scores), "reference_bicubic": summarise(bic_scores), "num_images": len(indices),
                "sampling_s_per_image": seconds / len(indices)}
     return metrics, rows, first
+
+
+def _sample(pipe, low, steps, seed):
+    return pipe(low, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
+def _cpu_peak_child(pipeline_dir, low, steps, seed, conn):
+    pipe = load_pipeline(pipeline_dir)
+    _sample(pipe, low, steps, seed)
+    with open("/proc/self/status") as f:
+        conn.send(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024)
+
+
+def sampling_peak_mb(pipe, pipeline_dir: str, low: torch.Tensor, steps: int, seed: int = 0) -> float:
+    """Total peak memory (MB) of sampling ``low`` [B, 1, h, w], weights included: on a GPU the peak allocation
+    (``pipe`` already there); on the CPU the peak RSS (``VmHWM``) of a fresh spawned process that loads the
+    pipeline from ``pipeline_dir`` and samples (memory freed earlier in this one cannot hide the peak)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        _sample(pipe, low, steps, seed)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_cpu_peak_child, args=(pipeline_dir, low, steps, seed, send))
+    proc.start()
+    peak = recv.recv()
+    proc.join()
+    return peak
 
 
 def upsample_nearest(low_res: torch.Tensor, scale: int) -> torch.Tensor:

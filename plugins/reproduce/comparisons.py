@@ -10,13 +10,12 @@ model sizes, thousands of steps: meant for a GPU).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
 import yaml
 
-from plugins.backbones.registry import TINY_BACKBONES
+from plugins.backbones.registry import TINY_BACKBONES, TINY_SEED_RATIO_BACKBONES
 from plugins.reproduce.claims import Check, Gate
 from plugins.reproduce.jobs import Job
 
@@ -52,7 +51,7 @@ SETTINGS = {
                      "--checkpointing_steps", "20", "--log_every", "5", "--lr_warmup_steps", "5",
                      "--use_ema", "False"],
         "sr_sample": ["--num_inference_steps", "10", "--max_samples", "16"],
-        "backbones": ["--backbones", "unet,dit", "--train_steps", "30", "--num_inference_steps", "10",
+        "backbones": ["--backbones", "unet,dit,hybrid", "--train_steps", "30", "--num_inference_steps", "10",
                       "--max_samples", "16", "--time_steps", "3", "--batch_size", "8", "--lr", "2e-4"],
         "tiny_backbones": True,
     },
@@ -177,13 +176,14 @@ def vae_job(ctx: Context) -> tuple[Job, str]:
     return job, os.path.join(run, "vae")
 
 
-def backbone_config(ctx: Context) -> str:
+def backbone_config(ctx: Context, seed_ratio: bool = False) -> str:
+    """The matched (or seed-ratio) backbone YAML of the scale: the config file, or the tiny set written out."""
     if not ctx.settings["tiny_backbones"]:
-        return "config/sr_backbones.yaml"
-    path = os.path.join(ctx.root, "tiny_backbones.yaml")
+        return "config/sr_backbones_seed_ratio.yaml" if seed_ratio else "config/sr_backbones.yaml"
+    path = os.path.join(ctx.root, "tiny_backbones_seed_ratio.yaml" if seed_ratio else "tiny_backbones.yaml")
     os.makedirs(ctx.root, exist_ok=True)
     with open(path, "w") as f:
-        yaml.safe_dump(TINY_BACKBONES, f)
+        yaml.safe_dump(TINY_SEED_RATIO_BACKBONES if seed_ratio else TINY_BACKBONES, f)
     return path
 
 
@@ -205,33 +205,21 @@ def _sr_plan(ctx: Context):
     return jobs, groups
 
 
-def save_backbone_rows(out_dir: str):
-    """``then`` of a benchmark job: each printed JSON row -> ``out_dir/<backbone>/benchmark/metrics.json``."""
-    def then(stdout: str) -> None:
-        for line in stdout.splitlines():
-            if not line.startswith("{"):
-                continue
-            row = json.loads(line)
-            folder = os.path.join(out_dir, row["backbone"], "benchmark")
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, "metrics.json"), "w") as f:
-                json.dump({"metrics": {k: v for k, v in row.items() if not isinstance(v, str)},
-                           "device": row.get("device")}, f, indent=2)
-    return then
-
-
 def _backbone_plan(ctx: Context):
+    """The benchmark writes ``out/<set>/<backbone>/benchmark/{metrics.json, cases.csv}`` (sets: matched, seed_ratio)."""
     vae, vae_path = vae_job(ctx)
     flags = ctx.settings["backbones"]
     names = flags[flags.index("--backbones") + 1].split(",")
-    jobs, groups = [vae], {n: [] for n in names}
+    jobs, groups = [vae], {**{n: [] for n in names}, **{f"{n}_seed_ratio": [] for n in names}}
     for seed in ctx.seeds:
         out = os.path.join(ctx.root, "runs", "backbones", f"s{seed}")
         jobs.append(Job(f"backbones/s{seed}/benchmark", "benchmark_backbones", [
             "--vae_path", vae_path, "--data_dir", os.path.join(ctx.data_dir, "sr"), "--out_dir", out,
-            "--seed", seed, "--backbone_config", backbone_config(ctx), *flags], then=save_backbone_rows(out)))
+            "--seed", seed, "--backbone_config", backbone_config(ctx),
+            "--seed_ratio_config", backbone_config(ctx, seed_ratio=True), *flags]))
         for name in names:
-            groups[name].append(os.path.join(out, name))
+            groups[name].append(os.path.join(out, "matched", name))
+            groups[f"{name}_seed_ratio"].append(os.path.join(out, "seed_ratio", name))
     return jobs, groups
 
 
@@ -247,13 +235,15 @@ COMPARISONS = {c.key: c for c in [
                 Check("fpdm/unhealthy.auprc", "bea_dual", "bea_mse", min_effect=0.005)],
                _bea_plan),
     Comparison("autoencoder", "Seed 001: autoencoder reconstruction losses on sparse volumes",
-               "Weighted and combined reconstruction losses stop all-black reconstructions (higher foreground "
-               "Dice than l1).",
+               "Weighted and combined reconstruction losses stop all-black reconstructions: higher foreground "
+               "Dice than l1, with a predicted/true foreground volume ratio within [0.5, 2] (not over-painted).",
                ["l1", "weighted", "combined"],
-               [Gate("l1", "summary/val_psnr", "summary/reference_black.psnr", margin=1.0,
+               [Gate("l1", "eval/psnr", "eval/reference_black.psnr", margin=1.0,
                      label="the all-black reconstruction's PSNR")],
-               [Check("summary/val_fg_dice", "weighted", "l1", min_effect=0.01),
-                Check("summary/val_fg_dice", "combined", "l1", min_effect=0.01)],
+               [Check("eval/case.fg_dice", "weighted", "l1", min_effect=0.01),
+                Check("eval/case.fg_dice", "combined", "l1", min_effect=0.01),
+                *(Check("eval/case.fg_volume_ratio", v, None, direction=d, reference=r)
+                  for v in ("weighted", "combined") for d, r in (("higher", 0.5), ("lower", 2.0)))],
                _ae_plan),
     Comparison("segmentation", "Seed 002: segmentation-only vs joint vs staged training",
                "Staged training keeps the segmentation Dice of segmentation-only training (within 0.02) while "
@@ -266,19 +256,22 @@ COMPARISONS = {c.key: c for c in [
     Comparison("sr", "Seed 003: SR diffusion-only vs the pixel-space loss branch",
                "The pixel-space loss raises PSNR and SSIM of latent rectified-flow SR.",
                ["diffusion_only", "pixel_loss"],
-               [Gate("diffusion_only", "eval/sr.psnr", "eval/bicubic.psnr", label="bicubic PSNR"),
-                Gate("diffusion_only", "eval/sr.ssim", "eval/bicubic.ssim", label="bicubic SSIM")],
-               [Check("eval/sr.psnr", "pixel_loss", "diffusion_only", min_effect=0.1),
-                Check("eval/sr.ssim", "pixel_loss", "diffusion_only", min_effect=0.005)],
+               [Gate("diffusion_only", "eval/psnr", "eval/reference_bicubic.psnr", label="bicubic PSNR"),
+                Gate("diffusion_only", "eval/ssim", "eval/reference_bicubic.ssim", label="bicubic SSIM")],
+               [Check("eval/case.psnr", "pixel_loss", "diffusion_only", min_effect=0.1),
+                Check("eval/case.ssim", "pixel_loss", "diffusion_only", min_effect=0.005)],
                _sr_plan),
     Comparison("backbones", "Seed 004: denoiser backbones (UNet, DiT, hybrid)",
-               "The UNet matches the DiT (PSNR within 0.5 dB) at a fraction of its cost (fewer parameters, "
-               "faster inference).",
-               ["unet", "dit", "hybrid"],
-               [Gate(arm, "benchmark/psnr", "benchmark/bicubic_psnr", label="bicubic PSNR")
-                for arm in ("unet", "dit", "hybrid")],
-               [Check("benchmark/psnr", "unet", "dit", margin=0.5),
-                Check("benchmark/params_m", "unet", "dit", direction="lower"),
+               "The UNet matches the DiT (PSNR within 0.5 dB) at a fraction of its cost: at the seed's ratio "
+               "(DiT 2.5 x the UNet's parameters) with fewer parameters and faster inference; at matched "
+               "parameters, PSNR within 0.5 dB and faster inference.",
+               ["unet", "dit", "hybrid", "unet_seed_ratio", "dit_seed_ratio", "hybrid_seed_ratio"],
+               [Gate(arm, "benchmark/psnr", "benchmark/reference_bicubic.psnr", label="bicubic PSNR")
+                for arm in ("unet", "dit", "hybrid", "unet_seed_ratio", "dit_seed_ratio", "hybrid_seed_ratio")],
+               [Check("benchmark/case.psnr", "unet_seed_ratio", "dit_seed_ratio", margin=0.5),
+                Check("benchmark/params_m", "unet_seed_ratio", "dit_seed_ratio", direction="lower"),
+                Check("benchmark/inference_s_per_image", "unet_seed_ratio", "dit_seed_ratio", direction="lower"),
+                Check("benchmark/case.psnr", "unet", "dit", margin=0.5),
                 Check("benchmark/inference_s_per_image", "unet", "dit", direction="lower")],
                _backbone_plan),
 ]}
