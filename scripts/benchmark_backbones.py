@@ -16,6 +16,16 @@ validation pairs:
   loads the pipeline and samples);
 - parameters, and the median train step time over ``--time_steps`` steps.
 
+Differences from seed 004's table, deliberate:
+
+| seed 004 | here | why |
+|---|---|---|
+| DiT at 2.5 x the UNet's parameters | a matched set (within 10%) and a set at the seed's ratio | capacity is otherwise confounded with architecture |
+| inference time per sample | the sampling calls alone, after a warm-up | data reads and metrics are no backbone's cost |
+| memory (total, GPU) | total peak, weights included (GPU peak allocation; CPU fresh-process peak RSS) | the same meaning on either device |
+| PSNR (pooling unstated) | mean of per-image PSNR, pooled PSNR beside it | NRMSE is per image too; the case table pairs images |
+| UNet, ViT, DiT, Transformer | UNet, DiT, hybrid | the registry's backbones |
+
 Writes ``OUT_DIR/<set>/<backbone>/benchmark/{metrics.json, cases.csv}`` (the training run beside it), prints
 one JSON line per row, then the matched table and the seed-ratio table.
 

@@ -18,6 +18,14 @@ All functions take ``pred`` and ``target`` of the same shape [B, C, *spatial]
 - ``combined``: dice_weight * dice + recon_weight * weighted.
 - ``kl_loss``: KL(N(mu, sigma^2) || N(0, 1)) summed over latent voxels, mean over the batch.
 
+Differences from seed 001's Dice (``1 - 2|P & T| / (|P| + |T|)`` on soft intensities, MONAI's
+default denominator), deliberate:
+
+| seed 001 | here | why |
+|---|---|---|
+| denominator sum p + sum t | sum p^2 + sum t^2 (V-Net; MONAI ``squared_pred``) | with sum p the loss is not minimal at p = t on sparse volumes (t = rand^4: 0.45 at p = t, 0.41 at clamp(3t)): it rewards saturating the foreground, the seed's FAQ "foreground too bright" |
+| p = prediction (clamped to [0, 1] in our first version) | the raw prediction | the clamp gives an all-black output zero gradient, so ``dice`` could never leave it |
+
 :data:`RECONSTRUCTION_LOSSES` maps each ``reconstruction_loss_type`` to its
 function and the YAML sub-section holding its parameters;
 :class:`ReconstructionLoss` turns a ``loss:`` section into named terms that

@@ -10,6 +10,10 @@ VAEs work; our images are [0, 1], so the error is taken after ``2 x - 1`` whatev
 range (``--vae_pixel_range``): L1 is twice, L2 four times its [0, 1] value, and
 ``--pixel_loss_weight 0.05`` weighs the term as the seed's 0.05 does (in [0, 1] units L2 at
 0.05 acted like 0.0125).
+
+| seed 003 (Bagel's branch) | here | why |
+|---|---|---|
+| error in the VAE's output range, [-1, 1] | error after ``2 x - 1`` of our [0, 1] images, whatever the VAE's range | the seed's weights keep their meaning with our [0, 1]-trained VAEs |
 """
 
 from __future__ import annotations
