@@ -11,7 +11,7 @@ from plugins.autoencoder.config import DEFAULTS, load_config, set_path, validate
 from plugins.autoencoder.denoising import corrupt
 from plugins.autoencoder.losses import (RECONSTRUCTION_LOSSES, ReconstructionLoss, combined_loss, dice_loss,
                                         kl_loss, l1_loss, mse_loss, weighted_reconstruction_loss)
-from plugins.autoencoder.metrics import ForegroundMetrics
+from plugins.autoencoder.metrics import foreground_scores, mean_over_cases, psnr
 from plugins.common.errors import InputError
 from plugins.data.filaments import make_filament_volume
 
@@ -124,15 +124,19 @@ def test_adaptive_weight_is_the_gradient_norm_ratio():
     assert adaptive_weights(ref, {"dice": other}, w, max_weight=3.0)["dice"].item() == 3.0
 
 
-def test_foreground_metrics_detect_all_black():
-    target = torch.zeros(2, 1, 4, 4)
-    target[:, :, 1, 1:3] = 1.0
-    black = ForegroundMetrics(0.1)
-    black.update(torch.zeros_like(target), target > 0.1)
-    assert black.compute() == {"fg_dice": 0.0, "fg_recall": 0.0, "fg_volume_ratio": 0.0}
-    perfect = ForegroundMetrics(0.1)
-    perfect.update(target, target > 0.1)
-    assert perfect.compute() == {"fg_dice": 1.0, "fg_recall": 1.0, "fg_volume_ratio": 1.0}
+def test_foreground_scores_detect_all_black_and_over_painting():
+    target = torch.zeros(1, 4, 4)
+    target[:, 1, 1:3] = 1.0
+    assert foreground_scores(torch.zeros_like(target), target > 0.1, 0.1) == {
+        "fg_dice": 0.0, "fg_recall": 0.0, "fg_volume_ratio": 0.0}
+    assert foreground_scores(target, target > 0.1, 0.1) == {"fg_dice": 1.0, "fg_recall": 1.0, "fg_volume_ratio": 1.0}
+    painted = target.clone()
+    painted[:, 2, :] = 1.0  # 2 true + 4 extra voxels
+    assert foreground_scores(painted, target > 0.1, 0.1) == {"fg_dice": 4 / 8, "fg_recall": 1.0, "fg_volume_ratio": 3.0}
+    assert foreground_scores(target, torch.zeros_like(target), 0.1, prefix="mask_")["mask_dice"] is None
+    assert psnr(torch.zeros_like(target), target) == pytest.approx(10 * math.log10(16 / 2))  # MSE 2/16, range 1
+    rows = [{"case": "a", "psnr": 10.0, "fg_dice": None}, {"case": "b", "psnr": 20.0, "fg_dice": 0.5}]
+    assert mean_over_cases(rows) == {"psnr": 15.0, "fg_dice": 0.5}
 
 
 def test_denoising_corruption():
