@@ -4,7 +4,8 @@ seed-ratio set.
 Two parameter sets: ``--backbone_config`` (matched: every backbone within 10% of the others' parameters, so
 the table compares architectures) and ``--seed_ratio_config`` (the seed's ratio, the DiT at 2.5 x the UNet;
 empty to skip). For each set and each backbone of ``--backbones``: train ``--train_steps`` with the SR trainer
-(same seed, data, VAE, flags; a configuration already trained in the other set is reused), then on the
+(same seed, data, VAE, flags; a configuration already trained in the other set is reused: its folder gets
+the trained run's ``config.json`` and the same figures), then on the
 validation pairs:
 
 - PSNR (mean of per-image PSNR; the data-set PSNR as ``psnr_pooled``), NRMSE, SSIM, MS-SSIM, the bicubic
@@ -34,6 +35,7 @@ one JSON line per row, then the matched table and the seed-ratio table.
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -43,7 +45,7 @@ import torch
 from plugins.backbones.registry import BACKBONES, check_backbone_name, count_parameters, load_backbone_params
 from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
-from plugins.common.run_log import write_case_table, write_json_atomic
+from plugins.common.run_log import CONFIG_FILE, write_case_table, write_json_atomic
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, sampling_peak_mb
 from plugins.latent_sr.objective import SRFlowObjective
@@ -148,6 +150,8 @@ def main(argv=None):
         row, cases = measured[key]
         row = {**row, "set": set_name}
         os.makedirs(os.path.join(folder, "benchmark"), exist_ok=True)
+        if row["run_dir"] != folder:  # reused: the trained run's configuration beside its figures
+            shutil.copyfile(os.path.join(row["run_dir"], CONFIG_FILE), os.path.join(folder, CONFIG_FILE))
         write_case_table(os.path.join(folder, "benchmark", "cases.csv"), cases)
         write_json_atomic(os.path.join(folder, "benchmark", "metrics.json"), row, indent=2)
         print(json.dumps(row), flush=True)

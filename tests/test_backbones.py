@@ -97,6 +97,7 @@ def test_benchmark_prints_the_matched_and_seed_ratio_tables(tmp_path, capsys, lo
     rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert [(r["set"], r["backbone"]) for r in rows] == [("matched", "unet"), ("seed_ratio", "unet")]
     assert rows[0]["run_dir"] == rows[1]["run_dir"]  # the same configuration in both sets: trained once
+    assert (out / "seed_ratio" / "unet" / "config.json").read_text() == (out / "matched" / "unet" / "config.json").read_text()
     for r in rows:
         assert r["inference_s_per_image"] > 0 and r["peak_memory_mb"] > 100  # a whole process: torch alone is more
         metrics = json.load(open(out / r["set"] / r["backbone"] / "benchmark" / "metrics.json"))
