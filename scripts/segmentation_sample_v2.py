@@ -7,9 +7,10 @@ The network is rebuilt from the ``config.json`` saved beside the checkpoint; mod
 are accepted and must agree with it. Subjects: the first ``--num_eval_cases`` validation subjects of
 the run's ``split.json`` (0 = all). ``--timestep_respacing ddimN`` samples with DDIM in N steps, a
 plain number N with ancestral sampling over N respaced steps, "" with every step. Writes to
-``--out_dir`` (default ``<run>/eval_<checkpoint>``): ``metrics.json`` (slice and volume Dice/IoU of
-the mean and STAPLE fusions, subject-level classification, slices per second), ``per_slice.csv``,
-``per_volume.csv`` and ``grid.png`` (image, ground truth, samples, fused masks).
+``--out_dir`` (default ``<run>/eval_<checkpoint>``): ``metrics.json`` (volume and slice Dice/IoU of
+the samples fused by mean and STAPLE and of the calibration head, classification per subject and
+per slice, the FLAIR-thresholding reference, slices per second), ``cases.csv`` (one row per
+subject) and ``grid.png`` (image, ground truth, samples, fused masks, calibration map).
 See plugins/segdiff/evaluation.py for the method.
 """
 

@@ -31,7 +31,8 @@ from plugins.slice_diffusion.training import run_training
 
 TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
         "--num_heads", "1", "--diffusion_steps", "30", "--log_interval", "1", "--modalities", "flair,t2",
-        "--batch_size", "4", "--save_interval", "1000", "--use_cls_head", "True"]
+        "--batch_size", "4", "--save_interval", "1000", "--use_cls_head", "True", "--val_timestep_respacing", "ddim3",
+        "--val_num_ensemble", "1"]
 RUNS = {"joint": ["--max_steps", "2"], "pcgrad": ["--max_steps", "3", "--grad_surgery", "pcgrad", "--microbatch", "2"]}
 
 

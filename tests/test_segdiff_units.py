@@ -1,5 +1,6 @@
 """Segmentation diffusion pieces on plain tensors and a tiny model: losses against hand-computed values,
-uncertainty weighting, PCGrad, heads, stages, the objective, undefined AUC, STAPLE fusion."""
+uncertainty weighting, PCGrad, heads (no path from x_t), stages, the objective, scoring (volume and slice
+Dice, subject-level classification, the FLAIR reference), undefined AUC, STAPLE fusion."""
 
 import math
 import warnings
@@ -11,11 +12,12 @@ import torch.nn.functional as F
 
 from patches.guided_diffusion import DIFFUSION_DEFAULTS, MODEL_DEFAULTS, create_seam_diffusion, create_seam_model
 from plugins.segdiff import (STAGES, apply_stage, attach_segdiff, binary_focal_loss, calibration_loss,
-                             highway_parameter_counts, multiclass_focal_loss, segdiff_forward, uncertainty_weighted)
+                             highway_parameter_counts, image_timesteps, multiclass_focal_loss, segdiff_forward,
+                             uncertainty_weighted)
 from plugins.segdiff.gradients import TaskGradients, gradient_cosine, pcgrad
 from plugins.segdiff.objective import SegDiffObjective
-from plugins.segdiff.sampling import dice_iou, fuse_mean, fuse_staple
-from plugins.segdiff.validation import auc_or_none
+from plugins.segdiff.sampling import fuse_mean, fuse_staple
+from plugins.segdiff.scoring import FlairThreshold, SplitScores, auc_or_none
 
 TINY = {**MODEL_DEFAULTS, "image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_heads": 1,
         "attention_resolutions": "8"}
@@ -106,10 +108,11 @@ def test_heads_forward_and_seg_only_graph():
     assert [type(m).__name__ for m in head] == ["AdaptiveAvgPool2d", "Flatten", "Linear", "ReLU", "Dropout", "Linear"]
     assert (head[2].in_features, head[2].out_features, head[5].out_features, head[4].p) == (64, 32, 2, 0.3)
     x, image, t = torch.randn(2, 1, 32, 32), torch.randn(2, 2, 32, 32), torch.tensor([3, 7])
-    seg, cls, calib = segdiff_forward(model, x, t, image)
+    t_image = torch.tensor([29, 29])
+    seg, cls, calib = segdiff_forward(model, x, t, image, t_image)
     assert seg.shape == (2, 1, 32, 32) and cls.shape == (2, 2) and calib.shape == (2, 1, 32, 32)
     plain = tiny_model(use_cls_head=False)
-    seg, cls, calib = segdiff_forward(plain, x, t, image)
+    seg, cls, calib = segdiff_forward(plain, x, t, image, t_image)
     assert cls is None and not plain.extras and not len(plain.loss_parameters)
     assert not [k for k in plain.state_dict() if k.startswith(("heads.", "loss_parameters."))]
     counts = highway_parameter_counts({**TINY}, num_modalities=2)
@@ -160,5 +163,49 @@ def test_fusion_and_dice():
     fused = fuse_staple(masks, masks[0])
     assert fused[1, 2:5, 2:5].all() and not fused[0].any()
     assert not fuse_staple(np.zeros_like(masks), masks[0] * False).any()
-    dice, iou = dice_iou(torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]]), torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]]))
-    assert dice.tolist() == pytest.approx([2 / 3, 1.0]) and iou.tolist() == pytest.approx([0.5, 1.0])
+
+
+def test_scores_per_volume_per_informative_slice_and_per_subject():
+    scores = SplitScores()
+    truth = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]).bool()  # subject a: slices 0, 1; b: slice 2
+    pred = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]]).bool()
+    scores.add_batch(["a", "a", "b"], [1, 1, 0], {"sample": pred, "calib": truth}, truth,
+                     torch.tensor([0.9, 0.7, 0.6]))
+    cases, metrics = scores.result()
+    a, b = cases
+    assert (a["case"], a["slices"], a["grade"], b["grade"]) == ("a", 2, 1, 0)
+    assert a["dice"] == pytest.approx(2 / 3) and a["iou"] == pytest.approx(0.5) and a["calib_dice"] == 1.0
+    assert a["hgg_prob"] == pytest.approx(0.8) and a["hgg_pred"] == 1 and b["hgg_pred"] == 1
+    assert metrics["dice"] == pytest.approx(2 / 3)  # mean over subjects
+    assert metrics["dice_slice"] == pytest.approx(2 / 3)  # slice 1 (empty in both) left out: (2/3 + 2/3) / 2
+    assert metrics["acc"] == 0.5 and metrics["f1"] == pytest.approx(2 / 3)  # HGG positive: tp 1, fp 1
+    assert metrics["auc"] == 1.0 and metrics["acc_slice"] == pytest.approx(2 / 3)
+
+
+def test_flair_threshold_fits_on_training_slices_inside_the_brain():
+    image = torch.full((2, 2, 4, 4), -1.0)  # channel 1 is FLAIR; -1 is the background
+    image[:, :, 1:3, :] = 0.0  # brain
+    image[0, 1, 1, 0:2] = 0.8  # bright lesion
+    seg = torch.zeros(2, 1, 4, 4)
+    seg[0, 0, 1, 0:2] = 1
+    reference = FlairThreshold(1, (-1.0, 1.0), bins=20)
+    threshold = reference.fit([{"image": image, "seg": seg}])
+    assert 0.0 < threshold <= 0.8
+    pred = reference.predict(image)
+    assert torch.equal(pred, seg.bool())
+
+
+def test_no_path_from_x_t_to_the_heads():
+    model = tiny_model().eval()  # no dropout: the two passes compare exactly
+    diffusion = create_seam_diffusion(**{**DIFFUSION_DEFAULTS, "diffusion_steps": 30})
+    image = torch.randn(2, 2, 32, 32)
+    t_image = image_timesteps(diffusion, 2, image.device)
+    outputs = []
+    for x_t in (torch.randn(2, 1, 32, 32, requires_grad=True), torch.randn(2, 1, 32, 32, requires_grad=True)):
+        seg, cls, calib = segdiff_forward(model, x_t, torch.tensor([3, 3]), image, t_image)
+        (cls.sum() + calib.sum()).backward(retain_graph=True)
+        assert x_t.grad is None  # neither head's output depends on x_t
+        seg.sum().backward()
+        assert x_t.grad is not None  # the denoiser's does
+        outputs.append((seg, cls, calib))
+    assert torch.equal(outputs[0][1], outputs[1][1]) and torch.equal(outputs[0][2], outputs[1][2])

@@ -7,14 +7,14 @@ Modules: ``heads`` (calibration and classification heads, the opt-in ``segdiff_f
 ``scripts/segmentation_sample_v2.py``), ``plugin`` (flags and the :class:`SlicePlugin`).
 """
 
-from plugins.segdiff.heads import (CalibrationHead, ClassificationHead, attach_segdiff, calibration_map,
-                                   highway_parameter_counts, segdiff_forward)
+from plugins.segdiff.heads import (CalibrationHead, ClassificationHead, attach_segdiff, highway_parameter_counts,
+                                   image_heads, image_timesteps, segdiff_forward)
 from plugins.segdiff.losses import binary_focal_loss, calibration_loss, multiclass_focal_loss, uncertainty_weighted
 from plugins.segdiff.objective import SegDiffObjective
 from plugins.segdiff.stages import STAGES, Stage, apply_stage
 
 __all__ = [
-    "CalibrationHead", "ClassificationHead", "attach_segdiff", "calibration_map", "highway_parameter_counts",
-    "segdiff_forward", "binary_focal_loss", "calibration_loss", "multiclass_focal_loss", "uncertainty_weighted",
+    "CalibrationHead", "ClassificationHead", "attach_segdiff", "highway_parameter_counts", "image_heads",
+    "image_timesteps", "segdiff_forward", "binary_focal_loss", "calibration_loss", "multiclass_focal_loss", "uncertainty_weighted",
     "SegDiffObjective", "STAGES", "Stage", "apply_stage",
 ]

@@ -3,11 +3,13 @@
 The network is rebuilt from the run's ``config.json`` (flags given explicitly must agree with it).
 Subjects: the first ``--num_eval_cases`` validation subjects of the run's ``split.json`` (every
 subject folder of the data without one; 0 = all). Every slice gets ``E = --num_ensemble`` sampled
-masks (:func:`plugins.segdiff.sampling.sample_ensemble`), fused per subject by the ensemble mean
-and by STAPLE over the whole volume. Dice and IoU are scored per slice and per volume (the pixels
-of a subject's slices pooled); a subject's HGG probability is the mean over its slices, called HGG
-at ``>= 0.5`` for the subject accuracy. Outputs in ``--out_dir`` (default ``<run>/eval_<checkpoint>``):
-``per_slice.csv``, ``per_volume.csv``, ``grid.png`` and ``metrics.json``.
+masks (:func:`plugins.segdiff.sampling.sample_ensemble`), fused by the ensemble mean per slice
+and by STAPLE over the whole volume; the calibration head and the HGG probability come from the
+image pass. Scores as in ``plugins/segdiff/scoring.py``: volume Dice/IoU per subject (primary),
+slice means over slices with tumour, classification per subject and per slice, and the
+FLAIR-thresholding reference ``reference_flair`` (threshold fitted on the run's training
+subjects). Outputs in ``--out_dir`` (default ``<run>/eval_<checkpoint>``): ``metrics.json``,
+``cases.csv`` (one row per subject) and ``grid.png``.
 """
 
 from __future__ import annotations
@@ -19,19 +21,18 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
 from patches.guided_diffusion import DIFFUSION_DEFAULTS, create_seam_diffusion, load_model_weights
 from plugins.common.errors import InputError
 from plugins.common.flags import EVAL_DEFAULTS
-from plugins.common.run_log import CONFIG_FILE, read_config, write_json_atomic
+from plugins.common.run_log import CASES_FILE, CONFIG_FILE, read_config, write_case_table, write_json_atomic
 from plugins.data import BratsSliceDataset, read_grade_csv, settings_from_args
 from plugins.data.splits import SPLIT_FILE
 from plugins.segdiff.plugin import DATA_NAMES, SEGDIFF_ARCHITECTURE_KEYS, segdiff_model_for_config
-from plugins.segdiff.sampling import dice_iou, fuse_mean, fuse_staple, sample_ensemble
-from plugins.segdiff.validation import auc_or_none
+from plugins.segdiff.sampling import fuse_mean, fuse_staple, sample_ensemble
+from plugins.segdiff.scoring import SAMPLE, FlairThreshold, SplitScores
 from plugins.slice_diffusion.training import MODEL_FLAGS
 
 #: Flags of the saved run that decide the network and its input; given here, they must agree.
@@ -119,105 +120,86 @@ def eval_subjects(args, data_dir: str) -> list[str]:
 
 
 @dataclass
-class SubjectSamples:
-    """One subject's sampled slices, Z of them in loader order."""
+class SubjectVolume:
+    """One subject's sampled masks (for STAPLE) and its slice with the most tumour (for the grid)."""
 
-    samples: list = field(default_factory=list)  # Z x [E, 1, S, S] in [-1, 1]
-    gt: list = field(default_factory=list)       # Z x [1, S, S] bool
-    image: list = field(default_factory=list)    # Z x [S, S], the last modality
-    z: list = field(default_factory=list)        # Z slice indices
-    grade: list = field(default_factory=list)    # Z x (0 LGG, 1 HGG, -1 no grade)
-    hgg: list = field(default_factory=list)      # Z HGG probabilities; empty without a classification head
+    masks: list = field(default_factory=list)  # Z x [E, S, S] bool
+    truth: list = field(default_factory=list)  # Z x [1, S, S] bool
+    grade: int = -1
+    best: dict | None = None                   # the grid row of the slice with the most tumour
 
 
-def collect_samples(model, diffusion, dataset, args, use_ddim: bool) -> tuple[dict, float]:
-    """``({subject: SubjectSamples}, seconds spent sampling)``: ``--num_ensemble`` masks for every slice.
+def collect(model, diffusion, dataset, args, use_ddim: bool, reference: FlairThreshold | None) -> tuple:
+    """``(SplitScores, {subject: SubjectVolume}, seconds spent sampling)`` over ``dataset``.
 
-    ``--seed`` seeds x_T and torch's global generator, which upstream's ancestral steps draw from.
+    ``--num_ensemble`` masks per slice, fused by their mean; the calibration map and the HGG probability of
+    the image pass; FLAIR thresholding when ``reference`` is fitted. ``--seed`` seeds x_T and torch's global
+    generator, which upstream's ancestral steps draw from.
     """
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     device = next(model.parameters()).device
-    per_subject: dict = {}
-    start = time.perf_counter()
+    scores, volumes, elapsed = SplitScores(), {}, 0.0
     for batch in tqdm(loader, desc="sampling", unit="batch"):
+        start = time.perf_counter()
         out = sample_ensemble(model, diffusion, batch["image"].to(device), args.num_ensemble, use_ddim, gen)
+        elapsed += time.perf_counter() - start
+        truth = batch["seg"] > 0.5
+        mean = fuse_mean(out["samples"])
+        preds = {SAMPLE: mean, "calib": out["calib"]}
+        if reference is not None:
+            preds["reference_flair"] = reference.predict(batch["image"])
+        scores.add_batch(batch["subject"], batch["grade"], preds, truth, out["hgg_prob"])
         for i, subject in enumerate(batch["subject"]):
-            rec = per_subject.setdefault(subject, SubjectSamples())
-            rec.samples.append(out["samples"][i])
-            rec.gt.append(batch["seg"][i] > 0.5)
-            rec.image.append(batch["image"][i, -1])
-            rec.z.append(int(batch["slice_index"][i]))
-            rec.grade.append(int(batch["grade"][i]))
-            if out["hgg_prob"] is not None:
-                rec.hgg.append(float(out["hgg_prob"][i]))
-    return per_subject, time.perf_counter() - start
+            vol = volumes.setdefault(subject, SubjectVolume(grade=int(batch["grade"][i])))
+            vol.masks.append(out["masks"][i, :, 0].numpy())
+            vol.truth.append(truth[i])
+            tumour = int(truth[i].sum())
+            if vol.best is None or tumour > vol.best["tumour"]:
+                vol.best = {"subject": subject, "z": int(batch["slice_index"][i]), "k": len(vol.truth) - 1,
+                            "tumour": tumour, "image": batch["image"][i, -1].numpy(), "gt": truth[i, 0].numpy(),
+                            "samples": [m[0].numpy() for m in out["samples"][i]], "mean": mean[i, 0].numpy(),
+                            "calib": out["calib"][i, 0].numpy()}
+    return scores, volumes, elapsed
 
 
-def _dice_iou_columns(fused: dict, gt: torch.Tensor) -> dict:
-    """``{"dice_<fusion>": [N], "iou_<fusion>": [N], ...}`` of each fused mask [N, ...] against ``gt`` [N, ...]."""
-    columns = {}
-    for fusion, pred in fused.items():
-        columns[f"dice_{fusion}"], columns[f"iou_{fusion}"] = dice_iou(pred, gt)
-    return columns
+def add_staple(scores: SplitScores, volumes: dict) -> None:
+    """Score STAPLE over each subject's E sampled volumes (source ``staple``); adds its panel to the grid rows."""
+    for subject, vol in volumes.items():
+        masks = np.stack(vol.masks, 1)  # [E, Z, S, S]
+        fallback = masks.mean(0) >= 0.5
+        staple = torch.from_numpy(fuse_staple(masks, fallback))[:, None]
+        scores.add_batch([subject] * len(vol.truth), [vol.grade] * len(vol.truth), {"staple": staple},
+                         torch.stack(vol.truth))
+        vol.best["staple"] = staple[vol.best["k"], 0].numpy()
 
 
-def score_subject(subject: str, rec: SubjectSamples) -> tuple[list[dict], dict, dict]:
-    """(per-slice rows, the per-volume row, the grid row of its slice with the most tumour) of one subject.
-
-    Fusions, [Z, 1, S, S] bool: ``mean`` thresholds the mean of the E samples, ``staple`` runs STAPLE
-    over the E sampled volumes; the volume scores pool the Z slices' pixels.
-    """
-    samples = torch.stack(rec.samples)  # [Z, E, 1, S, S]
-    gt = torch.stack(rec.gt)  # [Z, 1, S, S]
-    mean = fuse_mean(samples)
-    staple = torch.from_numpy(fuse_staple(samples[:, :, 0].transpose(0, 1).numpy() > 0,
-                                          mean[:, 0].numpy()))[:, None]
-    fused = {"mean": mean, "staple": staple}
-    per_slice = _dice_iou_columns(fused, gt)
-    per_volume = _dice_iou_columns({k: v.flatten()[None] for k, v in fused.items()}, gt.flatten()[None])
-    slice_rows = [{"subject": subject, "slice_index": z, "tumour_pixels": int(gt[k].sum()),
-                   **{c: float(v[k]) for c, v in per_slice.items()},
-                   "hgg_prob": rec.hgg[k] if rec.hgg else None} for k, z in enumerate(rec.z)]
-    volume_row = {"subject": subject, "grade": rec.grade[0], "slices": len(rec.z),
-                  **{c: float(v[0]) for c, v in per_volume.items()},
-                  "hgg_prob": float(np.mean(rec.hgg)) if rec.hgg else None}
-    k = int(gt.flatten(1).sum(1).argmax())
-    grid_row = {"subject": subject, "z": rec.z[k], "image": rec.image[k].numpy(), "gt": gt[k, 0].numpy(),
-                "samples": [s[0].numpy() for s in samples[k]], "mean": mean[k, 0].numpy(),
-                "staple": staple[k, 0].numpy()}
-    return slice_rows, volume_row, grid_row
-
-
-def aggregate_metrics(slices: pd.DataFrame, volumes: pd.DataFrame) -> dict:
-    """``slice_<dice|iou>_<fusion>`` and ``volume_...``: column means; over the subjects with a grade and an
-    HGG probability, ``subject_acc`` (HGG called at ``hgg_prob >= 0.5``) and ``subject_auc`` (None with one grade)."""
-    metrics = {}
-    for fusion in ("mean", "staple"):
-        for what in ("dice", "iou"):
-            metrics[f"slice_{what}_{fusion}"] = float(slices[f"{what}_{fusion}"].mean())
-            metrics[f"volume_{what}_{fusion}"] = float(volumes[f"{what}_{fusion}"].mean())
-    graded = volumes[(volumes["grade"] >= 0) & volumes["hgg_prob"].notna()]
-    if len(graded):
-        pred = (graded["hgg_prob"] >= 0.5).astype(int)
-        metrics["subject_acc"] = float((pred == graded["grade"]).mean())
-        metrics["subject_auc"] = auc_or_none(torch.tensor(graded["hgg_prob"].values, dtype=torch.float32),
-                                             torch.tensor(graded["grade"].values), "subject-level AUC")
-    return metrics
+def fit_reference(args, config: dict, data_dir: str, settings) -> FlairThreshold | None:
+    """FLAIR thresholding fitted on the run's training subjects (``split.json``); None without FLAIR or a split."""
+    split_path = os.path.join(run_dir_of(args.model_path), SPLIT_FILE)
+    if "flair" not in settings.modalities or not os.path.isfile(split_path):
+        return None
+    with open(split_path) as f:
+        train = json.load(f)["train"]
+    reference = FlairThreshold(settings.modalities.index("flair"), settings.value_range)
+    dataset = BratsSliceDataset(data_dir, train, None, settings, args.cache_dir)
+    reference.fit(torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False))
+    return reference
 
 
 def save_grid(path, rows: list[dict], num_ensemble: int) -> None:
-    """PNG: one row per slice: image, ground truth, the E samples, mean fusion, STAPLE fusion."""
+    """PNG: one row per slice: image, ground truth, the E samples, mean fusion, STAPLE fusion, calibration map."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = ["image", "ground truth"] + [f"sample {i + 1}" for i in range(num_ensemble)] + ["mean", "STAPLE"]
+    titles = (["image", "ground truth"] + [f"sample {i + 1}" for i in range(num_ensemble)]
+              + ["mean", "STAPLE", "calibration"])
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.6 * len(titles), 1.7 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
-        panels = [row["image"], row["gt"], *row["samples"], row["mean"], row["staple"]]
+        panels = [row["image"], row["gt"], *row["samples"], row["mean"], row["staple"], row["calib"]]
         for c, panel in enumerate(panels):
             axes[r, c].imshow(panel, cmap="gray")
             axes[r, c].axis("off")
@@ -230,14 +212,13 @@ def save_grid(path, rows: list[dict], num_ensemble: int) -> None:
     plt.close(fig)
 
 
-def write_outputs(out_dir: str, slices: pd.DataFrame, volumes: pd.DataFrame, grid: list[dict], metrics: dict,
-                  num_grid_slices: int, num_ensemble: int) -> None:
-    """``per_slice.csv``, ``per_volume.csv``, ``grid.png`` (the ``num_grid_slices`` rows with the most tumour,
-    at least one) and ``metrics.json`` in ``out_dir``."""
+def write_outputs(out_dir: str, cases: list[dict], grid: list[dict], metrics: dict, num_grid_slices: int,
+                  num_ensemble: int) -> None:
+    """``cases.csv`` (one row per subject), ``grid.png`` (the ``num_grid_slices`` subjects' slices with the most
+    tumour, at least one) and ``metrics.json`` in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    slices.to_csv(os.path.join(out_dir, "per_slice.csv"), index=False)
-    volumes.to_csv(os.path.join(out_dir, "per_volume.csv"), index=False)
-    rows = sorted(grid, key=lambda row: -row["gt"].sum())[: max(1, num_grid_slices)]
+    write_case_table(os.path.join(out_dir, CASES_FILE), cases)
+    rows = sorted(grid, key=lambda row: -row["tumour"])[: max(1, num_grid_slices)]
     save_grid(os.path.join(out_dir, "grid.png"), rows, num_ensemble)
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics, indent=2)
 
@@ -257,16 +238,17 @@ def evaluate(args, given: set) -> dict:
     subjects = eval_subjects(args, data_dir)
     grades = read_grade_csv(csv_path, subjects) if csv_path else None
     dataset = BratsSliceDataset(data_dir, subjects, grades, settings, args.cache_dir)
-    per_subject, elapsed = collect_samples(model, diffusion, dataset, args, use_ddim)
-    scored = [score_subject(subject, rec) for subject, rec in per_subject.items()]
-    slices = pd.DataFrame([row for slice_rows, _, _ in scored for row in slice_rows])
-    volumes = pd.DataFrame([volume_row for _, volume_row, _ in scored])
-    metrics = {"checkpoint": os.path.basename(args.model_path), "subjects": len(volumes), "slices": len(slices),
-               "num_ensemble": args.num_ensemble, "timestep_respacing": args.timestep_respacing,
-               "sampling_steps": diffusion.num_timesteps, "sampler": "ddim" if use_ddim else "ancestral",
-               "slices_per_second": len(slices) / elapsed, **aggregate_metrics(slices, volumes)}
+    reference = fit_reference(args, config, data_dir, settings)
+    scores, volumes, elapsed = collect(model, diffusion, dataset, args, use_ddim, reference)
+    add_staple(scores, volumes)
+    cases, scored = scores.result()
+    metrics = {"checkpoint": os.path.basename(args.model_path), "weights": "raw", "subjects": len(cases),
+               "slices": len(dataset), "num_ensemble": args.num_ensemble,
+               "timestep_respacing": args.timestep_respacing, "sampling_steps": diffusion.num_timesteps,
+               "sampler": "ddim" if use_ddim else "ancestral", "slices_per_second": len(dataset) / elapsed,
+               **scored, "reference_flair_threshold": reference.threshold if reference else None}
     out_dir = args.out_dir or os.path.join(run_dir_of(args.model_path),
                                            "eval_" + os.path.splitext(os.path.basename(args.model_path))[0])
-    write_outputs(out_dir, slices, volumes, [grid_row for _, _, grid_row in scored], metrics,
-                  args.num_grid_slices, args.num_ensemble)
+    write_outputs(out_dir, cases, [vol.best for vol in volumes.values()], metrics, args.num_grid_slices,
+                  args.num_ensemble)
     return metrics

@@ -13,9 +13,17 @@ unchanged. ``attach_segdiff`` adds:
   logits [N, 2], LGG = 0, HGG = 1) and the learnable log-sigmas ``log_sigma_seg``,
   ``log_sigma_cls`` (``model.loss_parameters``) of uncertainty weighting.
 
-``segdiff_forward(model, x_t, t, image)`` is the opt-in call returning
-``(seg_out, cls_logits | None, calib_map)``; ``seg_out`` is the UNet output (the predicted
-noise of the mask channel, [N, 1, S, S]).
+Both heads read the **image pass** only (:func:`image_heads`): the shared UNet run on
+``cat([image, 0])`` at the last step ``t = T - 1``, the mask channel zeroed, so no path leads
+from ``x_t`` (which at small ``t`` nearly is the answer) to either head. MedSegDiff-V2 gets
+the same property from its image-only highway (``c = h[:, :-1]``); here the encoder the
+heads train is the denoiser's own, so the classification gradient still meets the
+segmentation gradient there (the conflict the seed's stages address). Training, validation
+and sampling all read the heads this way: one input distribution for train and test.
+
+``segdiff_forward(model, x_t, t, image, t_image)`` returns the seed's triple
+``(seg_out, cls_logits | None, calib_map)``: ``seg_out`` is the UNet output on ``x_t`` (the
+predicted noise of the mask channel, [N, 1, S, S]); the other two come from the image pass.
 """
 
 from __future__ import annotations
@@ -69,19 +77,33 @@ def attach_segdiff(model, *, use_cls_head: bool, calib_width: int = 32) -> None:
             model.add_loss_parameter(name, 0.0)
 
 
-def calibration_map(model) -> torch.Tensor:
-    """The calibration logits [N, 1, S, S] of the model's latest forward."""
-    return model.calib_head(model.features[CALIB_TAP])
-
-
 def has_cls_head(model) -> bool:
     return CLS_HEAD in model.heads
 
 
-def segdiff_forward(model, x_t: torch.Tensor, timesteps: torch.Tensor, image: torch.Tensor) -> tuple:
-    """``(seg_out [N, 1, S, S], cls_logits [N, 2] | None, calib_map [N, 1, S, S])`` of one forward."""
+def image_timesteps(diffusion, n: int, device) -> torch.Tensor:
+    """[n] network timesteps of the last original step ``T - 1`` (scaled as upstream does when rescaling)."""
+    t = torch.full((n,), diffusion.original_num_steps - 1, device=device)
+    return t.float() * (1000.0 / diffusion.original_num_steps) if diffusion.rescale_timesteps else t
+
+
+def image_heads(model, image: torch.Tensor, t_image: torch.Tensor) -> tuple:
+    """``(cls_logits [N, 2] | None, calib_map [N, 1, S, S])`` of the image pass: ``model(0, t_image, concat=image)``.
+
+    ``image`` [N, M, S, S]; ``t_image`` [N] from :func:`image_timesteps`. The mask channel is zeros, so the
+    heads see the image and nothing of any mask.
+    """
+    zeros = image.new_zeros((image.shape[0], 1, *image.shape[2:]))
+    model(zeros, t_image, concat=image)
+    return model.extras.get(CLS_HEAD), model.calib_head(model.features[CALIB_TAP])
+
+
+def segdiff_forward(model, x_t: torch.Tensor, timesteps: torch.Tensor, image: torch.Tensor,
+                    t_image: torch.Tensor) -> tuple:
+    """``(seg_out [N, 1, S, S], cls_logits [N, 2] | None, calib_map [N, 1, S, S])``: the denoiser on ``x_t``,
+    the heads on the image pass."""
     seg_out = model(x_t, timesteps, concat=image)
-    return seg_out, model.extras.get(CLS_HEAD), calibration_map(model)
+    return (seg_out, *image_heads(model, image, t_image))
 
 
 def sigmas(model) -> dict:

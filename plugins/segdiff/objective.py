@@ -1,7 +1,9 @@
 """The per-sample training objective of segmentation diffusion, installed as the diffusion's total.
 
 With ``x_start`` the mask in [-1, 1] (target ``g = x_start > 0``), ``z`` the calibration
-logits and ``c`` the classification logits of the same forward:
+logits and ``c`` the classification logits of the image pass (``heads.image_heads``: the same
+UNet on the image with the mask channel zeroed at ``t = T - 1``; a second forward, so no head
+reads ``x_t``):
 
     L_seg   = L_diffusion + Dice(z, g) + seg_focal_lambda * focal(z, g; seg_focal_gamma)
     L_cls   = alpha[y] * focal(c, y; focal_gamma)            (alpha from the training split)
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from plugins.segdiff.heads import CLS_HEAD, calibration_map
+from plugins.segdiff.heads import image_heads, image_timesteps
 from plugins.segdiff.losses import calibration_loss, multiclass_focal_loss, uncertainty_weighted
 
 MODES = ("seg", "cls", "uw")
@@ -52,7 +54,9 @@ class SegDiffObjective:
     def __call__(self, ctx) -> torch.Tensor:
         terms = ctx.terms
         target = (ctx.x_start > 0).float()
-        dice, focal = calibration_loss(calibration_map(ctx.model), target, self.seg_focal_gamma)
+        image = ctx.model_kwargs["concat"]
+        cls_logits, calib = image_heads(ctx.model, image, image_timesteps(ctx.diffusion, image.shape[0], image.device))
+        dice, focal = calibration_loss(calib, target, self.seg_focal_gamma)
         l_seg = terms["loss"].float() + dice + self.seg_focal_lambda * focal
         terms.update(dice=dice, seg_focal=focal, L_seg=l_seg)
         if not self.uses_cls:
@@ -61,7 +65,7 @@ class SegDiffObjective:
         labels = ctx.model_kwargs.get("labels")
         if labels is None:
             raise ValueError("the classification loss needs model_kwargs['labels'] (the grades, 0 LGG / 1 HGG)")
-        l_cls = multiclass_focal_loss(ctx.extras[CLS_HEAD], labels, self.focal_gamma, self.alpha)
+        l_cls = multiclass_focal_loss(cls_logits, labels, self.focal_gamma, self.alpha)
         terms["L_cls"] = l_cls
         if self.mode == "cls":
             self.tasks = {"cls": l_cls}

@@ -10,11 +10,16 @@ from __future__ import annotations
 from guided_diffusion import logger
 from torch.utils.data import DataLoader
 
+from patches.checkpoints import CheckpointError
+from patches.guided_diffusion import DIFFUSION_DEFAULTS, create_seam_diffusion
+from patches.guided_diffusion.train_loop import resolve_resume_checkpoint
 from plugins.common.errors import InputError
 from plugins.segdiff.gradients import SURGERIES, TaskGradients
 from plugins.segdiff.heads import attach_segdiff, count_parameters
+from plugins.segdiff.loop import SegDiffTrainLoop
 from plugins.segdiff.objective import SegDiffObjective
-from plugins.segdiff.stages import Stage, apply_stage
+from plugins.segdiff.scoring import FlairThreshold
+from plugins.segdiff.stages import Stage, apply_stage, load_stage_weights, record_stage
 from plugins.segdiff.validation import EpochValidation
 from plugins.slice_diffusion.training import SlicePlugin, training_defaults
 
@@ -30,6 +35,9 @@ SEGDIFF_DEFAULTS = dict(
     grad_surgery="none",
     grad_probe=True,
     calib_width=32,
+    uw_lr=0.0,
+    val_num_ensemble=3,
+    val_timestep_respacing="ddim25",
 )
 
 #: Flags that change the network: a resumed run, a next stage or an evaluation must agree on them.
@@ -50,9 +58,22 @@ def check_segdiff_args(args, stage: Stage | None = None) -> None:
     if needs_grades and not args.csv_path:
         which = f"--stage {stage.number}" if stage else "--use_cls_head True"
         raise InputError(f"{which} needs --csv_path (the grade CSV with BraTS_2020_subject_ID and Grade columns)")
-    if stage and not args.use_cls_head:
-        raise InputError("--use_cls_head False: the staged model always carries the classification head "
-                         "(frozen in stage 1); use scripts/segmentation_train.py for segmentation only")
+    if stage and stage.number > 1 and not args.use_cls_head:
+        raise InputError(f"--stage {stage.number} --use_cls_head False: stages 2 and 3 train the classification "
+                         "head (only stage 1 may run without it)")
+    if args.uw_lr < 0:
+        raise InputError(f"--uw_lr: got {args.uw_lr}; expected >= 0 (0 = the stage-1 rate, --lr)")
+    if args.use_fp16 and args.uw_lr not in (0, args.lr):
+        raise InputError("--uw_lr with --use_fp16 True: fp16 flattens the parameters into one group; use --use_bf16")
+    if args.val_num_ensemble <= 0:
+        raise InputError(f"--val_num_ensemble: got {args.val_num_ensemble}; expected a positive integer")
+    if not args.val_timestep_respacing.startswith("ddim"):
+        raise InputError(f"--val_timestep_respacing {args.val_timestep_respacing!r}: expected ddimN (DDIM in N steps)")
+    try:
+        sampling_diffusion(args)
+    except ValueError as err:
+        raise InputError(f"--val_timestep_respacing {args.val_timestep_respacing!r}: {err} "
+                         f"(with --diffusion_steps {args.diffusion_steps})") from None
     for flag in ("focal_gamma", "seg_focal_gamma", "seg_focal_lambda"):
         if getattr(args, flag) < 0:
             raise InputError(f"--{flag}: got {getattr(args, flag)}; expected >= 0")
@@ -72,16 +93,35 @@ def check_segdiff_args(args, stage: Stage | None = None) -> None:
                          "use --use_bf16 True")
 
 
-class SegDiffPlugin(SlicePlugin):
-    """Calibration head, optional classification head + uncertainty weighting, stage freezing, validation."""
+def resumed_checkpoint(args) -> str:
+    """The checkpoint ``--resume_checkpoint`` resumes (``latest`` looks in ``--out_dir``), or ""."""
+    try:
+        return resolve_resume_checkpoint(args.resume_checkpoint, args.out_dir)
+    except CheckpointError as err:
+        raise InputError(str(err)) from None
 
-    def __init__(self, args, stage: Stage | None = None, init_from_checkpoint: bool = False):
+
+def sampling_diffusion(args):
+    """The training diffusion respaced by ``--val_timestep_respacing`` (DDIM sampling in validation)."""
+    return create_seam_diffusion(**{**{k: getattr(args, k) for k in DIFFUSION_DEFAULTS},
+                                    "timestep_respacing": args.val_timestep_respacing})
+
+
+class SegDiffPlugin(SlicePlugin):
+    """Calibration head, optional classification head + uncertainty weighting, stage freezing, validation.
+
+    ``init_checkpoint``: weights to start from (the previous stage's), loaded before training starts.
+    """
+
+    loop_class = SegDiffTrainLoop
+
+    def __init__(self, args, stage: Stage | None = None, init_checkpoint: str = ""):
         check_segdiff_args(args, stage)
         self.args = args
         self.stage = stage
         self.with_head = bool(args.use_cls_head)
         self.mode = stage.mode if stage else ("uw" if self.with_head else "seg")
-        self.init_from_checkpoint = init_from_checkpoint
+        self.init_checkpoint = init_checkpoint
         self.objective = None
         self.gradients = None
         self.validation = None
@@ -93,6 +133,10 @@ class SegDiffPlugin(SlicePlugin):
         attach_segdiff(model, use_cls_head=self.with_head, calib_width=args.calib_width)
         logger.log(f"segdiff: calibration head {count_parameters(model.calib_head)} parameters; "
                    f"classification head {'on' if self.with_head else 'off'}; loss mode {self.mode}")
+        record_stage(args.out_dir, self.stage.number if self.stage else 0)
+        if self.init_checkpoint:
+            fresh = load_stage_weights(model, self.init_checkpoint)
+            logger.log(f"initialised from {self.init_checkpoint}" + (f"; new: {', '.join(fresh)}" if fresh else ""))
         if self.stage:
             counts = apply_stage(model, self.stage)
             logger.log(f"stage {self.stage.number}: {counts['trainable']} parameters trainable, "
@@ -106,8 +150,13 @@ class SegDiffPlugin(SlicePlugin):
         self.objective.install(diffusion)
         self.gradients = TaskGradients(self.objective, model, args.grad_surgery, args.grad_probe)
         val_loader = DataLoader(data.val, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
-        self.validation = EpochValidation(args.out_dir, diffusion, self.objective, val_loader, self.batch,
-                                          seed=args.seed, log=logger.log)
+        reference = reference_loader = None
+        if "flair" in data.train.settings.modalities:
+            reference = FlairThreshold(data.train.settings.modalities.index("flair"), data.train.settings.value_range)
+            reference_loader = DataLoader(data.train, batch_size=64, shuffle=False, num_workers=args.num_workers)
+        self.validation = EpochValidation(args.out_dir, diffusion, sampling_diffusion(args), self.objective,
+                                          val_loader, self.batch, num_ensemble=args.val_num_ensemble, seed=args.seed,
+                                          reference=reference, reference_loader=reference_loader, log=logger.log)
 
     def batch(self, batch: dict) -> tuple:
         kwargs = {"concat": batch["image"]}
@@ -119,7 +168,11 @@ class SegDiffPlugin(SlicePlugin):
         return [self.validation]
 
     def loop_options(self) -> dict:
-        return {"backward_fn": self.gradients, "init_from_checkpoint": self.init_from_checkpoint}
+        return {"backward_fn": self.gradients, "uw_lr": self.args.uw_lr}
+
+    def finish(self, loop) -> dict | None:
+        """End-of-run validation (:meth:`EpochValidation.final`): the final metrics row, ``validation/``."""
+        return self.validation.final(loop)
 
 
 def segdiff_model_for_config(config: dict, num_modalities: int):

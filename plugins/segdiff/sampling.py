@@ -2,16 +2,17 @@
 
 - ``sample_ensemble``: ``E`` masks per slice in one batched run of upstream's sampler
   (``ddim_sample_loop`` when ``use_ddim``, else ``p_sample_loop``; respacing is the
-  diffusion's), each ``x_0 > 0``; the HGG probability of each slice is the classification
-  head's softmax at the first step (``x_T``, ``t = T - 1``, as in validation), averaged over
-  the ensemble.
+  diffusion's), each ``x_0 > 0``; the calibration map and the HGG probability of each slice
+  come from the image pass (``heads.image_heads``, as in training and validation), once per slice.
 - fusion: ``fuse_mean`` thresholds the ensemble mean of the sampled ``(x_0 + 1) / 2`` at 0.5;
   ``fuse_staple`` runs SimpleITK's STAPLE filter (Warfield et al. 2004) over the ``E`` binary
   masks of a whole volume (at most ``STAPLE_MAX_ITERATIONS`` EM iterations; SimpleITK's default
   is unbounded) and thresholds its foreground probability at 0.5 (voxels where STAPLE is
   undefined, e.g. every rater empty everywhere, take the mean fusion's label).
-- ``dice_iou(pred [N, ...], target [N, ...])``: per-sample Dice (torchmetrics F1, both empty = 1)
-  and IoU = Dice / (2 - Dice).
+
+MedSegDiff's sampler also blends the calibration map into each sample (``cal_out``) and its
+"new" version ensembles the raw samples; ours ensembles the raw samples and scores the
+calibration map on its own (``plugins/segdiff/scoring.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import torch
-from torchmetrics.functional.classification import binary_f1_score
 
-from plugins.segdiff.heads import has_cls_head, segdiff_forward
-from plugins.segdiff.validation import last_step_timesteps
+from plugins.segdiff.heads import image_heads, image_timesteps
 
 STAPLE_MAX_ITERATIONS = 100
 
@@ -30,20 +29,19 @@ STAPLE_MAX_ITERATIONS = 100
 @torch.no_grad()
 def sample_ensemble(model, diffusion, image: torch.Tensor, num_ensemble: int, use_ddim: bool = False,
                     generator: torch.Generator | None = None, progress: bool = False) -> dict:
-    """``{"samples": [B, E, 1, S, S] in [-1, 1], "masks": [B, E, 1, S, S] bool, "hgg_prob": [B] | None}``."""
+    """``{"samples": [B, E, 1, S, S] in [-1, 1], "masks": [B, E, 1, S, S] bool, "calib": [B, 1, S, S] bool,
+    "hgg_prob": [B] | None}`` (on the CPU)."""
     b, _, s, _ = image.shape
     device = image.device
+    cls_logits, calib = image_heads(model, image, image_timesteps(diffusion, b, device))
+    hgg = None if cls_logits is None else cls_logits.float().softmax(1)[:, 1].cpu()
     cond = image.repeat_interleave(num_ensemble, dim=0)
     x_T = torch.randn((b * num_ensemble, 1, s, s), generator=generator).to(device)
-    hgg = None
-    if has_cls_head(model):
-        _, cls_logits, _ = segdiff_forward(model, x_T, last_step_timesteps(diffusion, b * num_ensemble, device), cond)
-        hgg = cls_logits.float().softmax(1)[:, 1].view(b, num_ensemble).mean(1).cpu()
     loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
     sample = loop(model, x_T.shape, noise=x_T, clip_denoised=True, model_kwargs={"concat": cond},
                   device=device, progress=progress)
     sample = sample.float().view(b, num_ensemble, 1, s, s).cpu()
-    return {"samples": sample, "masks": sample > 0, "hgg_prob": hgg}
+    return {"samples": sample, "masks": sample > 0, "calib": (calib.float() > 0).cpu(), "hgg_prob": hgg}
 
 
 def fuse_mean(samples: torch.Tensor) -> torch.Tensor:
@@ -64,10 +62,3 @@ def fuse_staple(masks: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     undefined = ~np.isfinite(prob)
     fused[undefined] = fallback[undefined]
     return fused
-
-
-def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``(dice [N], iou [N])`` of binary masks [N, ...]; two empty masks score 1."""
-    dice = binary_f1_score(pred.long().flatten(1), target.long().flatten(1), multidim_average="samplewise",
-                           zero_division=1).reshape(-1)
-    return dice, dice / (2 - dice)

@@ -1,53 +1,46 @@
-"""Per-epoch validation over the whole validation split (torchmetrics), printed and logged.
+"""Validation over the whole validation split, after every epoch and at the end of every run.
 
-Two forwards per validation batch, both with noise drawn from a generator seeded by
-``seed`` (the same every epoch, so epochs compare):
+Per batch, with noise from a generator seeded by ``seed`` (the same every time, so records compare):
 
-1. losses: ``t`` uniform over the diffusion steps, the training objective's ``L_seg``,
-   ``L_cls``, ``L_total`` (means over the split);
-2. image-only prediction: ``x_t`` pure noise at the last step ``t = T - 1`` (what sampling
-   starts from, so the mask channel carries nothing): Dice and IoU of the calibration map
-   (``sigmoid > 0.5``, pixels pooled over the split) and, with the classification head, slice
-   AUC (HGG probability), macro F1 and accuracy (argmax) against the grades.
+1. losses: ``t`` uniform over the diffusion steps, the training objective's ``L_seg``, ``L_cls``,
+   ``L_total`` (means over the split);
+2. the image pass (``heads.image_heads``): the calibration map (``sigmoid > 0.5``) and, with the
+   classification head, the slice HGG probability;
+3. the segmentation the model samples: ``num_ensemble`` DDIM samples per slice (the sampling
+   diffusion's respacing), fused by their mean (``sampling.fuse_mean``).
 
-AUC with a single grade present is undefined: reported as ``None`` with a warning.
-``sigma_seg``, ``sigma_cls`` (exp of the log-sigmas) and ``alpha_LGG``, ``alpha_HGG`` complete
-the record. :class:`EpochValidation` is the epoch callback: rank 0 computes, prints one line,
-appends to ``metrics_epoch.jsonl`` and writes TensorBoard scalars ``epoch/<name>``.
+Scores (``plugins/segdiff/scoring.py``): ``dice``/``iou`` are the samples' volume Dice/IoU (mean
+over subjects; the primary score), ``dice_slice``/``iou_slice`` over slices with tumour in truth or
+prediction, ``calib_*`` the same for the calibration head; ``auc``/``f1``/``acc`` per subject
+(binary, HGG positive) and ``*_slice`` per slice. ``sigma_seg``, ``sigma_cls`` (exp of the
+log-sigmas) and ``alpha_LGG``, ``alpha_HGG`` complete the record; ``weights`` says which were
+scored (``raw``: the trained parameters, not the EMA).
+
+:class:`EpochValidation` is the epoch callback (rank 0 computes, prints one line, appends to
+``metrics_epoch.jsonl``, writes TensorBoard ``epoch/<name>``); its :meth:`~EpochValidation.final`
+runs at the end of a run, whatever the epoch boundary: a row marked ``"final": true`` (the last
+epoch's record when it was taken at the same step), and ``validation/metrics.json`` with
+``validation/cases.csv`` (one row per validation subject), with the FLAIR-thresholding reference
+(``reference_flair``, threshold fitted on the training split) beside the model's scores.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 import torch.distributed as dist
-from torchmetrics.classification import (BinaryAUROC, BinaryF1Score, BinaryJaccardIndex, MulticlassAccuracy,
-                                         MulticlassF1Score)
 from tqdm import tqdm
 
-from plugins.common.run_log import MetricsLog, is_main_process
-from plugins.segdiff.heads import NUM_GRADES, has_cls_head, segdiff_forward, sigmas
+from plugins.common.run_log import CASES_FILE, MetricsLog, is_main_process, write_case_table, write_json_atomic
+from plugins.segdiff.heads import sigmas
+from plugins.segdiff.sampling import fuse_mean, sample_ensemble
+from plugins.segdiff.scoring import SAMPLE, FlairThreshold, SplitScores
 
 EPOCH_KEYS = ("dice", "iou", "auc", "f1", "acc", "L_seg", "L_cls", "L_total", "sigma_seg", "sigma_cls",
-              "alpha_LGG", "alpha_HGG")
-
-
-def last_step_timesteps(diffusion, n: int, device) -> torch.Tensor:
-    """[n] network timesteps of the last original step ``T - 1`` (scaled as upstream does when rescaling)."""
-    t = torch.full((n,), diffusion.original_num_steps - 1, device=device)
-    return t.float() * (1000.0 / diffusion.original_num_steps) if diffusion.rescale_timesteps else t
-
-
-def auc_or_none(probs: torch.Tensor, target: torch.Tensor, what: str = "AUC"):
-    """Binary AUROC, or None with a warning when ``target`` holds a single class."""
-    present = torch.unique(target)
-    if present.numel() < 2:
-        warnings.warn(f"{what} undefined: only class {present.tolist()} present in {target.numel()} samples",
-                      stacklevel=2)
-        return None
-    return float(BinaryAUROC(sync_on_compute=False)(probs, target))
+              "alpha_LGG", "alpha_HGG", "dice_slice", "iou_slice", "calib_dice", "calib_iou", "calib_dice_slice",
+              "calib_iou_slice", "auc_slice", "f1_slice", "acc_slice")
+VALIDATION_DIR = "validation"
 
 
 class _Mean:
@@ -63,17 +56,14 @@ class _Mean:
 
 
 @torch.no_grad()
-def validate(model, diffusion, objective, loader, batch_fn, seed: int = 0, progress: bool = True) -> dict:
-    """The epoch record (see module docstring) of ``model`` over every batch of ``loader``."""
+def validate(model, diffusion, sample_diffusion, objective, loader, batch_fn, num_ensemble: int = 3, seed: int = 0,
+             progress: bool = True) -> tuple[dict, list[dict]]:
+    """(the record of the module docstring, one case row per subject) of ``model`` over ``loader``."""
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    iou, dice = BinaryJaccardIndex(sync_on_compute=False), BinaryF1Score(sync_on_compute=False)
-    use_cls = has_cls_head(model)
-    f1 = MulticlassF1Score(NUM_GRADES, average="macro", sync_on_compute=False)
-    acc = MulticlassAccuracy(NUM_GRADES, average="micro", sync_on_compute=False)
-    probs, grades = [], []
+    scores = SplitScores()
     means = {k: _Mean() for k in ("L_seg", "L_cls", "L_total")}
     try:
         for batch in tqdm(loader, desc="validation", unit="batch", disable=not progress, leave=False):
@@ -88,66 +78,102 @@ def validate(model, diffusion, objective, loader, batch_fn, seed: int = 0, progr
             means["L_total"].add(terms["loss"])
             if "L_cls" in terms:
                 means["L_cls"].add(terms["L_cls"])
-            x_T = torch.randn(x_start.shape, generator=gen).to(device)
-            t_last = last_step_timesteps(diffusion, n, device)
-            _, cls_logits, calib = segdiff_forward(model, x_T, t_last, kwargs["concat"])
-            target = (x_start > 0).long()
-            pred = (calib.float() > 0).long()
-            dice.update(pred.flatten(), target.flatten())
-            iou.update(pred.flatten(), target.flatten())
-            if use_cls:
-                labels = batch["grade"].to(device)
-                keep = labels >= 0
-                if keep.any():
-                    p = cls_logits.float().softmax(1)[keep]
-                    f1.update(p, labels[keep])
-                    acc.update(p, labels[keep])
-                    probs.append(p[:, 1].cpu())
-                    grades.append(labels[keep].cpu())
+            out = sample_ensemble(model, sample_diffusion, kwargs["concat"], num_ensemble, True, gen)
+            preds = {SAMPLE: fuse_mean(out["samples"]), "calib": out["calib"]}
+            scores.add_batch(batch["subject"], batch["grade"], preds, batch["seg"] > 0.5, out["hgg_prob"])
     finally:
         model.train(was_training)
-    record = {"dice": float(dice.compute()), "iou": float(iou.compute()),
-              **{k: m.value() for k, m in means.items()}}
-    if probs:
-        record.update(auc=auc_or_none(torch.cat(probs), torch.cat(grades), "validation AUC"),
-                      f1=float(f1.compute()), acc=float(acc.compute()))
+    cases, record = scores.result()
+    record.update({k: m.value() for k, m in means.items()})
     record.update(sigmas(model))
     if objective.alpha is not None:
         record.update(alpha_LGG=float(objective.alpha[0]), alpha_HGG=float(objective.alpha[1]))
-    return {k: record.get(k) for k in EPOCH_KEYS}
+    extra = {k: v for k, v in record.items() if k not in EPOCH_KEYS}
+    return {**{k: record.get(k) for k in EPOCH_KEYS}, **extra, "weights": "raw"}, cases
 
 
-def format_epoch(epoch: int, record: dict) -> str:
-    """``epoch 3 | dice 0.1234 | iou ... | auc n/a | ...`` (None -> n/a)."""
-    parts = [f"{k} {'n/a' if record[k] is None else format(record[k], '.4f')}" for k in EPOCH_KEYS]
+def score_reference(reference: FlairThreshold, loader) -> tuple[dict, list[dict]]:
+    """(metrics, case rows) of a fitted FLAIR threshold over ``loader``: ``reference_flair`` (volume Dice) etc."""
+    scores = SplitScores()
+    for batch in loader:
+        scores.add_batch(batch["subject"], batch["grade"], {"reference_flair": reference.predict(batch["image"])},
+                         batch["seg"] > 0.5)
+    cases, metrics = scores.result()
+    return metrics, cases
+
+
+def format_epoch(epoch, record: dict) -> str:
+    """``epoch 3 | dice 0.1234 | iou ... | auc n/a | ...`` (the numeric keys of ``EPOCH_KEYS``; None -> n/a)."""
+    parts = [f"{k} {'n/a' if record.get(k) is None else format(record[k], '.4f')}" for k in EPOCH_KEYS]
     return f"epoch {epoch} | " + " | ".join(parts)
 
 
 class EpochValidation:
-    """``cb(loop, epoch)``: validate on rank 0, print, log to metrics_epoch.jsonl and TensorBoard."""
+    """``cb(loop, epoch)``: validate on rank 0, print, log; :meth:`final` at the end of the run."""
 
-    def __init__(self, run_dir: str, diffusion, objective, loader, batch_fn, seed: int = 0, log=print):
+    def __init__(self, run_dir: str, diffusion, sample_diffusion, objective, loader, batch_fn, *,
+                 num_ensemble: int = 3, seed: int = 0, reference: FlairThreshold | None = None,
+                 reference_loader=None, log=print):
         self.run_dir = run_dir
-        self.diffusion, self.objective = diffusion, objective
+        self.diffusion, self.sample_diffusion, self.objective = diffusion, sample_diffusion, objective
         self.loader, self.batch_fn = loader, batch_fn
-        self.seed = seed
+        self.num_ensemble, self.seed = num_ensemble, seed
+        self.reference, self.reference_loader = reference, reference_loader
         self.log = log
         self.metrics = MetricsLog(run_dir)
+        self.last = None  # (step, record, cases) of the latest epoch
         self._writer = None
+
+    def _validate(self, loop):
+        return validate(loop.model, self.diffusion, self.sample_diffusion, self.objective, self.loader,
+                        self.batch_fn, self.num_ensemble, self.seed)
+
+    def _tensorboard(self, record: dict, epoch: int) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(os.path.join(self.run_dir, "tb"))
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and value is not None:
+                self._writer.add_scalar(f"epoch/{key}", value, epoch)
+        self._writer.flush()
 
     def __call__(self, loop, epoch: int) -> None:
         if is_main_process():
-            record = validate(loop.model, self.diffusion, self.objective, self.loader, self.batch_fn, self.seed)
+            record, cases = self._validate(loop)
             step = loop.step + loop.resume_step
+            self.last = (step, record, cases)
             self.log(format_epoch(epoch, record))
             self.metrics.log_epoch(epoch, {"step": step, **record})
-            if self._writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(os.path.join(self.run_dir, "tb"))
-            for key, value in record.items():
-                if value is not None:
-                    self._writer.add_scalar(f"epoch/{key}", value, epoch)
-            self._writer.flush()
+            self._tensorboard(record, epoch)
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+    def final(self, loop) -> dict | None:
+        """End-of-run validation (rank 0; every rank waits): the final row, ``validation/metrics.json`` and
+        ``validation/cases.csv``; returns the metrics (None on other ranks)."""
+        metrics = None
+        if is_main_process():
+            step = loop.step + loop.resume_step
+            if self.last is not None and self.last[0] == step:  # the last epoch ended at this very step
+                epoch, (_, record, cases) = loop.epoch - 1, self.last
+            else:
+                epoch, (record, cases) = loop.epoch, self._validate(loop)
+            self.log("final " + format_epoch(epoch, record))
+            self.metrics.log_epoch(epoch, {"step": step, "final": True, **record})
+            metrics = {"step": step, "subjects": len(cases), "num_ensemble": self.num_ensemble,
+                       "sampling_steps": self.sample_diffusion.num_timesteps, "sampler": "ddim", **record}
+            if self.reference is not None:
+                metrics["reference_flair_threshold"] = self.reference.fit(self.reference_loader)
+                ref_metrics, ref_cases = score_reference(self.reference, self.loader)
+                metrics.update(ref_metrics)
+                by_case = {row["case"]: row for row in ref_cases}
+                cases = [{**row, **{k: v for k, v in by_case[row["case"]].items() if k.startswith("reference")}}
+                         for row in cases]
+            out = os.path.join(self.run_dir, VALIDATION_DIR)
+            os.makedirs(out, exist_ok=True)
+            write_case_table(os.path.join(out, CASES_FILE), cases)
+            write_json_atomic(os.path.join(out, "metrics.json"), metrics, indent=2)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        return metrics

@@ -18,6 +18,7 @@ import os
 import numpy as np
 import torch
 import torch.distributed as dist
+from guided_diffusion import logger
 from torch.utils.data import DataLoader, DistributedSampler
 
 from patches.guided_diffusion import (DIFFUSION_DEFAULTS, MODEL_DEFAULTS, SeamTrainLoop, configure_logger,
@@ -64,6 +65,8 @@ ARCHITECTURE_KEYS = tuple(MODEL_FLAGS) + tuple(DIFFUSION_DEFAULTS) + ("modalitie
 
 class SlicePlugin:
     """What a 2D plugin overrides; this base trains plain image diffusion."""
+
+    loop_class = SeamTrainLoop  # a subclass may take extra ``loop_options``
 
     def channels(self, num_modalities: int) -> tuple[int, int]:
         """``(in_channels, out_channels)`` of the UNet."""
@@ -151,6 +154,10 @@ def build_model_and_diffusion(args, in_channels: int, out_channels: int):
     return model, diffusion
 
 
+def _quiet(*_args) -> None:
+    """The start-up lines of ranks other than 0."""
+
+
 def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     """Build everything from ``args``, let ``plugin`` extend it, train; returns the finished loop."""
     plugin = plugin or SlicePlugin()
@@ -171,14 +178,15 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     torch.manual_seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     data = build_brats_datasets(args.data_dir, run_dir, args.csv_path, settings, args.val_fraction,
-                                args.split_seed, args.cache_dir, progress=rank == 0, split_file=args.split_file)
+                                args.split_seed, args.cache_dir, log=logger.log if rank == 0 else _quiet,
+                                progress=rank == 0, split_file=args.split_file)
     if checkpoint:
         check_checkpoint_split(checkpoint, data.split, data.split_source)
     plugin.extend(model, diffusion, data, args)
     if len(data.train) < args.batch_size * world:
         raise InputError(f"--batch_size {args.batch_size}: the training split has only {len(data.train)} slices")
     batches = EpochBatches(data.train, plugin.batch, args.batch_size, args.seed, rank, world, args.num_workers)
-    loop = SeamTrainLoop(
+    loop = plugin.loop_class(
         model=model, diffusion=diffusion, data=batches,
         batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr, ema_rate=args.ema_rate,
         log_interval=args.log_interval, save_interval=args.save_interval,
