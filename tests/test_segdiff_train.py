@@ -4,6 +4,8 @@ sampled masks, ensemble sampling, and every refused input."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from plugins.segdiff.validation import EPOCH_KEYS
 TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
         "--num_heads", "1", "--batch_size", "40", "--diffusion_steps", "30", "--log_interval", "1",
         "--modalities", "flair,t2", "--val_timestep_respacing", "ddim3", "--val_num_ensemble", "2"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES")
 
 
@@ -27,21 +30,31 @@ def _run(load_script, script, *argv):
     return code
 
 
+def _staged_script(root, cohort):
+    """``config/run_train_brats_medsegdiff_staged.sh``: the seed's plan at tiny size (2 steps a stage)."""
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
+           "DATA_DIR": str(cohort), "OUT_DIR": str(root), "IMAGE_SIZE": "32", "NUM_CHANNELS": "32",
+           "NUM_RES_BLOCKS": "1", "DIFFUSION_STEPS": "30", "BATCH_SIZE": "40",
+           "STAGE1_STEPS": "2", "STAGE2_STEPS": "2", "STAGE3_STEPS": "2"}
+    tiny = [a for a in TINY if a not in ("--log_interval", "1")]  # the plan's intervals
+    done = subprocess.run(["bash", os.path.join(REPO, "config", "run_train_brats_medsegdiff_staged.sh"),
+                           "--attention_resolutions", "8", "--num_heads", "1", *tiny[tiny.index("--modalities"):]],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def runs(load_script, tiny_cohort, tmp_path_factory):
-    """Stages 1 (no head, as in the seed's table), 2, 3 (2 steps = 1 epoch each) and a joint bf16 + PCGrad run
-    (3 steps: the run ends inside its second epoch); the env restored after."""
+    """The staged shell script (stage 1 without the head, as in the seed's table; 2 steps = 1 epoch a stage)
+    and a joint bf16 + PCGrad run (3 steps: the run ends inside its second epoch); the env restored after."""
     saved = {k: os.environ.get(k) for k in _DIST_ENV}
     root = tmp_path_factory.mktemp("segdiff")
     csv = tiny_cohort / "name_mapping.csv"
     common = ["--data_dir", tiny_cohort, *TINY, "--max_steps", "2"]
     out = {"root": root, "csv": csv, "common": common}
+    _staged_script(root, tiny_cohort)
     for stage in (1, 2, 3):
-        extra = (["--use_cls_head", "False", "--csv_path", csv] if stage == 1
-                 else ["--csv_path", csv, "--resume_checkpoint", root / f"stage{stage - 1}"])
         out[f"stage{stage}"] = root / f"stage{stage}"
-        assert _run(load_script, "segmentation_train_staged", "--stage", stage, *common, *extra,
-                    "--out_dir", root / f"stage{stage}") == 0
     out["joint"] = root / "joint"
     assert _run(load_script, "segmentation_train", *common[:-1], "3", "--csv_path", csv, "--out_dir", out["joint"],
                 "--use_bf16", "True", "--grad_surgery", "pcgrad") == 0
@@ -78,7 +91,8 @@ def test_stages_freeze_train_and_resume_from_each_other(runs):
     configs = [json.loads((runs[f"stage{i}"] / "config.json").read_text()) for i in (1, 2, 3)]
     assert [c["lr"] for c in configs] == pytest.approx([1e-4, 1e-3, 1e-5])
     assert [c["save_interval"] for c in configs] == [5000, 2000, 1000]  # the seed's plan
-    assert [c["log_interval"] for c in configs] == [1, 1, 1]  # given flags win
+    assert [c["log_interval"] for c in configs] == [100, 50, 50]
+    assert [c["use_cls_head"] for c in configs] == [False, True, True]
     assert [json.loads((runs[f"stage{i}"] / "stage.json").read_text())["stage"] for i in (1, 2, 3)] == [1, 2, 3]
     assert configs[2]["init_checkpoint"].endswith("model000002.pt")
     log = (runs["stage1"] / "log.txt").read_text()
