@@ -18,7 +18,6 @@ calibration map on its own (``plugins/segdiff/scoring.py``).
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from plugins.segdiff.heads import image_heads, image_timesteps
@@ -51,6 +50,8 @@ def fuse_mean(samples: torch.Tensor) -> torch.Tensor:
 
 def fuse_staple(masks: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """STAPLE of ``masks`` [E, Z, S, S] (bool, one volume per rater) -> [Z, S, S] bool; ``fallback`` where undefined."""
+    import SimpleITK as sitk  # evaluation only
+
     if masks.shape[0] == 1 or not masks.any():
         return fallback.copy()
     images = [sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks]
