@@ -14,6 +14,7 @@ from patches.checkpoints import CheckpointError
 from patches.guided_diffusion import DIFFUSION_DEFAULTS, create_seam_diffusion
 from patches.guided_diffusion.train_loop import resolve_resume_checkpoint
 from plugins.common.errors import InputError
+from plugins.data.splits import check_checkpoint_split
 from plugins.segdiff.gradients import SURGERIES, TaskGradients
 from plugins.segdiff.heads import attach_segdiff, count_parameters
 from plugins.segdiff.loop import SegDiffTrainLoop
@@ -135,6 +136,7 @@ class SegDiffPlugin(SlicePlugin):
                    f"classification head {'on' if self.with_head else 'off'}; loss mode {self.mode}")
         record_stage(args.out_dir, self.stage.number if self.stage else 0)
         if self.init_checkpoint:
+            check_checkpoint_split(self.init_checkpoint, data.split, data.split_source, log=logger.log)
             fresh = load_stage_weights(model, self.init_checkpoint)
             logger.log(f"initialised from {self.init_checkpoint}" + (f"; new: {', '.join(fresh)}" if fresh else ""))
         if self.stage:
