@@ -25,7 +25,7 @@ import sys
 from patches.guided_diffusion import latest_checkpoint, setup_dist
 from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
-from plugins.common.run_log import check_config
+from plugins.common.run_log import CONFIG_FILE, check_config, read_config
 from plugins.data import settings_from_args
 from plugins.segdiff.plugin import (SEGDIFF_ARCHITECTURE_KEYS, SegDiffPlugin, resumed_checkpoint,
                                     segdiff_model_for_config, segdiff_training_defaults)
@@ -66,10 +66,12 @@ def main(argv=None):
     if stage.number > 1 and not args.resume_checkpoint:
         raise InputError(f"--stage {stage.number} needs --resume_checkpoint: the stage-{stage.number - 1} "
                          "modelNNNNNN.pt or its run directory")
-    init = ""
+    init = ""  # the previous stage's checkpoint this run started from (kept in config.json)
     own = latest_checkpoint(args.out_dir) if stage.number > 1 and os.path.isdir(args.out_dir) else None
     if own:
         args.resume_checkpoint = own
+        if os.path.isfile(os.path.join(args.out_dir, CONFIG_FILE)):
+            init = read_config(args.out_dir).get("init_checkpoint", "")
     resumed = own or (resumed_checkpoint(args) if stage.number == 1 else "")
     if resumed:
         check_resume_stage(resumed, stage.number)
@@ -77,8 +79,9 @@ def main(argv=None):
     plugin = SegDiffPlugin(args, stage)
     if stage.number > 1 and not own:
         init = previous_stage_checkpoint(args, stage)
-        args.resume_checkpoint = ""
-    args.init_checkpoint = plugin.init_checkpoint = init
+        args.resume_checkpoint = "latest"  # nothing of this stage yet: a fresh start, rerunnable until it saves
+    args.init_checkpoint = init
+    plugin.init_checkpoint = "" if own else init  # a resumed run loads its own checkpoint
     args.lr = args.lr * stage.lr_factor
     setup_dist()
     plugin.finish(run_training(args, plugin))
