@@ -60,6 +60,7 @@ CASES = [
     ("W3", "train_sr.py --learning_rate -1e-4", REFUSED, "test_latent_trainers_refuse_another_run"),
     ("W4", "a truncated safetensors denoiser", REFUSED, "test_truncated_pipeline_is_refused"),
     ("W5", "a bad input under accelerate launch (scripts/launch.py)", "one 'error:' line, exit 2, no traceback", "test_launch_wrapper_keeps_the_error_contract"),
+    ("W6", "--lr -1e-4 / --value_range -1,1 (argparse took them for flags)", "read as values", "test_negative_values_are_values"),
 ]
 
 BEA_TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
@@ -351,30 +352,33 @@ def test_missing_backbone_block_is_refused(tmp_path):
     assert load_backbone_params(str(path), "unet") == {}  # an explicit empty block: the defaults, on purpose
 
 
-def test_full_disk_during_a_checkpoint(tiny_cohort, tmp_path):
-    """A file-size limit (EFBIG, like ENOSPC a failed write) hit by the first checkpoint."""
+def test_full_disk_during_a_checkpoint(load_script, tiny_cohort, tmp_path, capsys):
+    """A file-size limit (EFBIG; a failed write like ENOSPC) that the first checkpoint hits."""
+    import resource
+    import signal
+
+    from guided_diffusion import dist_util  # noqa: F401 - MPI starts before the limit (it maps large files)
     from plugins.data import prepare
 
-    assert run_main(prepare.main, ["--data_dir", str(tiny_cohort), "--image_size", "32"]) == 0  # cache filled
+    assert run_main(prepare.main, ["--data_dir", str(tiny_cohort), "--image_size", "32", "--value_range",
+                                   "-1,1"]) == 0  # the run's slice cache is filled before the limit
+    capsys.readouterr()
     out = tmp_path / "run"
-    script = textwrap.dedent(f"""
-        import resource, runpy, signal, sys
-        from guided_diffusion import dist_util
-        dist_util.setup_dist()  # MPI's transport needs large files; the limit applies to the run
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-        sys.argv = ["train_bea_dual_loss.py", *{[str(a) for a in ["--data_dir", tiny_cohort, "--out_dir", out,
-                                                                   "--max_steps", 1, *BEA_TINY]]!r}]
-        runpy.run_path("scripts/train_bea_dual_loss.py", run_name="__main__")
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
-    errors = error_lines(proc.stderr)
-    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "cannot write the checkpoint (File too large)" in errors[0] and str(out) in errors[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
+    try:
+        code = _gd(load_script, "train_bea_dual_loss", ["--data_dir", tiny_cohort, "--out_dir", out,
+                                                        "--max_steps", 1, *BEA_TINY])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+        release_run_dir(out)
+    assert code == 2
+    error = one_error(capsys, str(out), "cannot write the checkpoint (File too large)")
     files = os.listdir(out)
     steps = {f[-9:-3] for f in files if f.endswith(".pt")}
-    assert all(f"model{s}.pt" in files for s in steps) and not [f for f in files if f.startswith(".tmp")]
+    assert all(f"model{s}.pt" in files for s in steps) and not [f for f in files if f.startswith(".tmp")], error
 
 
 # ----------------------------------------------------------------- weak refusals
@@ -392,6 +396,14 @@ def test_weak_refusals_are_one_line(load_script, tiny_cohort, tmp_path, capsys, 
                                                     "--max_steps", 1, *BEA_TINY, *extra]) == 2
     one_error(capsys, *needles)
     assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_negative_values_are_values():
+    from plugins.common.flags import make_parser
+
+    args = make_parser("x", {"lr": 1e-4, "value_range": "0,1", "seed": 0}).parse_args(
+        ["--lr", "-1e-4", "--value_range", "-1,1", "--seed", "-3"])
+    assert (args.lr, args.value_range, args.seed) == (-1e-4, "-1,1", -3)
 
 
 def test_fpdm_modalities_named(bea_run, load_script, tmp_path, capsys):

@@ -155,3 +155,26 @@ def test_autoencoder_resume_equals_straight_run(load_script, tmp_path):
     assert _steps(split / "metrics_step.jsonl") == [1, 2, 3, 4, 5]
     epochs = [json.loads(line)["epoch"] for line in open(split / "metrics_epoch.jsonl")]
     assert epochs == sorted(epochs)
+
+
+def test_segmentation_resume_equals_straight_run(load_script, tiny_cohort, tmp_path):
+    """Joint segmentation + grade head, 3 steps an epoch, validation after each: 4 straight steps == 4 steps
+    killed before the step-4 checkpoint + ``latest`` (step 2, mid-epoch 0) to 4; epoch 0 logged once."""
+    from tests.test_segdiff_train import TINY
+
+    common = ["--data_dir", tiny_cohort, *TINY, "--csv_path", tiny_cohort / "name_mapping.csv", "--save_interval", 2,
+              "--ema_rate", "0.9", "--batch_size", 27,  # 81 training slices
+              "--image_size", 16, "--channel_mult", "1,2", "--attention_resolutions", "4"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _gd_script(load_script, "segmentation_train", [*common, "--out_dir", straight, "--max_steps", 4]) == 0
+    assert _gd_script(load_script, "segmentation_train", [*common, "--out_dir", split, "--max_steps", 4]) == 0
+    for path in split.glob("*000004.pt"):
+        path.unlink()
+    assert _gd_script(load_script, "segmentation_train",
+                      [*common, "--out_dir", split, "--max_steps", 4, "--resume_checkpoint", "latest"]) == 0
+    for run in (straight, split):
+        release_run_dir(run)
+    _assert_same_files(straight, split, ["model000004.pt", "ema_0.9_000004.pt", "opt000004.pt"])
+    assert _steps(split / "metrics_step.jsonl") == _steps(straight / "metrics_step.jsonl")
+    epochs = [json.loads(line)["epoch"] for line in open(split / "metrics_epoch.jsonl")]
+    assert epochs == [json.loads(line)["epoch"] for line in open(straight / "metrics_epoch.jsonl")] == [0]

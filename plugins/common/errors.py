@@ -39,7 +39,8 @@ def run_main(main, argv=None) -> int:
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
-        print(f"error: {err.filename or 'a file'}: {err.strerror}", file=sys.stderr)
+        where = f"{err.filename}: " if err.filename else "a write failed: "
+        print(f"error: {where}{err.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import re
 
-#: argparse's own pattern misses exponents ("-1e-4" would be read as a flag).
-NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_NUMBER = r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+#: What argparse takes for a value, not a flag: a negative number, exponents included ("-1e-4"), or a
+#: comma list starting with one ("-1,1"); argparse's own pattern misses both.
+NEGATIVE_NUMBER = re.compile(rf"^-{_NUMBER}(,-?{_NUMBER})*$")
 
 #: Flags every training script takes, with neutral defaults a script overrides.
 TRAIN_DEFAULTS = dict(

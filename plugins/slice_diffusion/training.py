@@ -28,7 +28,7 @@ from plugins.common.errors import InputError
 from plugins.common.flags import TRAIN_DEFAULTS
 from plugins.common.resume import loader_generator
 from plugins.common.run_dir import claim_run_dir
-from plugins.common.run_log import STEP_METRICS, truncate_metrics, write_config
+from plugins.common.run_log import EPOCH_METRICS, STEP_METRICS, truncate_metrics, write_config
 from plugins.data import DATA_DEFAULTS, build_brats_datasets, settings_from_args
 from plugins.data.splits import check_checkpoint_split
 
@@ -170,7 +170,8 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     claim_run_dir(run_dir, config, resuming=bool(args.resume_checkpoint))
     fresh = plugin.loop_options().get("init_from_checkpoint", False)  # another run's weights start this one at 0
     checkpoint = resolve_resume_checkpoint(args.resume_checkpoint, run_dir)
-    truncate_metrics(run_dir, STEP_METRICS, "step", checkpoint_step(checkpoint) if checkpoint and not fresh else 0)
+    start = checkpoint_step(checkpoint) if checkpoint and not fresh else 0
+    truncate_metrics(run_dir, STEP_METRICS, "step", start)  # records of steps the resume replays
     configure_logger(run_dir, jsonl_name=STEP_METRICS)
     write_config(run_dir, config)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -186,6 +187,7 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     if len(data.train) < args.batch_size * world:
         raise InputError(f"--batch_size {args.batch_size}: the training split has only {len(data.train)} slices")
     batches = EpochBatches(data.train, plugin.batch, args.batch_size, args.seed, rank, world, args.num_workers)
+    truncate_metrics(run_dir, EPOCH_METRICS, "epoch", start // len(batches))
     loop = plugin.loop_class(
         model=model, diffusion=diffusion, data=batches,
         batch_size=args.batch_size, microbatch=args.microbatch, lr=args.lr, ema_rate=args.ema_rate,
