@@ -12,9 +12,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import tempfile
 
 import torch
+from safetensors import SafetensorError
 
 from patches.errors import SeamError
 
@@ -29,6 +31,20 @@ class UnsafeCheckpointError(CheckpointError):
 
 class CheckpointWriteError(SeamError, OSError):
     """A checkpoint could not be written (disk full, read-only folder, file size limit)."""
+
+
+def save_state_folder(save, folder: str) -> None:
+    """``save(folder)`` (e.g. ``accelerator.save_state``); on a failed write the folder is removed and
+    a :class:`CheckpointWriteError` names it and the cause (torch reports a full disk as a bare
+    ``RuntimeError``, so the cause is read from the free space left)."""
+    try:
+        save(folder)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        full = shutil.disk_usage(os.path.dirname(os.path.abspath(folder))).free < 2**20
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else (
+            "no space left on device" if full else str(err).splitlines()[0])
+        shutil.rmtree(folder, ignore_errors=True)
+        raise CheckpointWriteError(f"{folder}: cannot write the checkpoint ({cause})") from None
 
 
 def atomic_save(obj, path: str) -> None:

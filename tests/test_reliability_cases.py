@@ -53,6 +53,7 @@ CASES = [
     ("B6", "a YAML file with a repeated key (SR --config, backbone YAML, autoencoder config)", REFUSED + ", naming the key", "test_duplicate_yaml_keys_are_refused"),
     ("B7", "a backbone YAML without the chosen backbone's block", REFUSED, "test_missing_backbone_block_is_refused"),
     ("B8", "the disk fills while a checkpoint is written", "one line naming the file and the cause; no opt/state/ema file without its model", "test_full_disk_during_a_checkpoint"),
+    ("B8b", "the disk fills while an accelerate checkpoint (train_sr.py) is written", "one line naming the folder and the cause; no half checkpoint folder", "test_full_disk_during_an_accelerate_checkpoint"),
     ("B9", "a read-only folder as --out_dir", REFUSED, "test_weak_refusals_are_one_line"),
     # weak refusals
     ("W1", "--lr nan, --lr -1e-4, a BEA feature block out of range, an existing file as --out_dir", REFUSED, "test_weak_refusals_are_one_line"),
@@ -379,6 +380,29 @@ def test_full_disk_during_a_checkpoint(load_script, tiny_cohort, tmp_path, capsy
     files = os.listdir(out)
     steps = {f[-9:-3] for f in files if f.endswith(".pt")}
     assert all(f"model{s}.pt" in files for s in steps) and not [f for f in files if f.startswith(".tmp")], error
+
+
+def test_full_disk_during_an_accelerate_checkpoint(tmp_path, capsys):
+    import resource
+    import signal
+
+    from plugins.latent_sr.trainer import main as sr_main
+    from tests.test_sr_fixtures import tiny_backbones_yaml, tiny_vae, train_argv, write_pairs
+
+    data, vae = write_pairs(str(tmp_path / "data")), tiny_vae(str(tmp_path / "vae"))
+    argv = train_argv(data, vae, tiny_backbones_yaml(str(tmp_path / "bb.yaml")), str(tmp_path / "run"), 2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        code = run_main(sr_main, argv)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+        release_run_dir(tmp_path / "run")
+    assert code == 2
+    one_error(capsys, str(tmp_path / "run" / "checkpoints"), "cannot write the checkpoint", "File too large")
+    assert os.listdir(tmp_path / "run" / "checkpoints") == []
 
 
 # ----------------------------------------------------------------- weak refusals

@@ -55,6 +55,7 @@ from monai.networks.nets import PatchDiscriminator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from patches.checkpoints import save_state_folder
 from plugins.autoencoder.adaptive import adaptive_weights
 from plugins.autoencoder.config import flatten, validate
 from plugins.autoencoder.data import build_datasets
@@ -159,7 +160,7 @@ class AutoencoderTrainer:
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
-        acc.save_state(tmp)
+        save_state_folder(acc.save_state, tmp)
         if acc.is_main_process:
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump({"global_step": self.global_step, "epoch": self.epoch,

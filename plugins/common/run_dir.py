@@ -7,7 +7,7 @@
   holds the owner's pid and host for the refusal message. A second trainer in the same directory is
   refused with one line naming the holder;
 - one configuration: when ``RUN_DIR/config.json`` exists, the new configuration must equal it on
-  every key except :data:`VOLATILE_KEYS` (and the caller's own), and the run must be a resume
+  every key except :data:`VOLATILE_KEYS`, and the run must be a resume
   (``--resume_checkpoint``); otherwise the start is refused naming the differing keys (or asking for
   ``--resume_checkpoint latest``). A directory without ``config.json`` is free.
 
@@ -41,12 +41,12 @@ def _normal(value):
     return json.loads(json.dumps(_plain(value), default=str))
 
 
-def config_differences(saved: dict, given: dict, ignore=()) -> list[str]:
-    """``key: saved -> given`` for every key whose values differ (missing on one side included)."""
-    skip = VOLATILE_KEYS | set(ignore)
+def config_differences(saved: dict, given: dict) -> list[str]:
+    """``key: saved -> given`` for every key (or dotted key ending) not in :data:`VOLATILE_KEYS` whose
+    values differ, a key missing on one side included."""
     out = []
     for key in sorted(set(saved) | set(given)):
-        if key in skip or key.rsplit(".", 1)[-1] in skip:
+        if key.rsplit(".", 1)[-1] in VOLATILE_KEYS:
             continue
         old = saved.get(key, "<absent>")
         new = _normal(given[key]) if key in given else "<absent>"
@@ -83,7 +83,7 @@ def release_run_dir(run_dir: str) -> None:
         os.close(fd)
 
 
-def _check(run_dir: str, config: dict, resuming: bool, ignore) -> None:
+def _check(run_dir: str, config: dict, resuming: bool) -> None:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise InputError(f"--out_dir {run_dir}: exists and is not a folder")
     try:
@@ -102,7 +102,7 @@ def _check(run_dir: str, config: dict, resuming: bool, ignore) -> None:
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: unreadable ({err}); this folder holds something else, choose another "
                          "--out_dir") from None
-    differ = config_differences(saved, config, ignore)
+    differ = config_differences(saved, config)
     if differ:
         raise InputError(f"{run_dir} holds another run (config.json differs: {'; '.join(differ)}); choose "
                          "another --out_dir")
@@ -111,13 +111,13 @@ def _check(run_dir: str, config: dict, resuming: bool, ignore) -> None:
                          "choose another --out_dir")
 
 
-def claim_run_dir(run_dir: str, config: dict, resuming: bool, ignore=()) -> None:
+def claim_run_dir(run_dir: str, config: dict, resuming: bool) -> None:
     """Lock ``run_dir`` and refuse it when it holds another run (see the module docstring)."""
     distributed = dist.is_available() and dist.is_initialized()
     message = None
     if not distributed or dist.get_rank() == 0:
         try:
-            _check(run_dir, config, resuming, ignore)
+            _check(run_dir, config, resuming)
         except InputError as err:
             message = str(err)
     if distributed and dist.get_world_size() > 1:

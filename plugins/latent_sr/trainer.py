@@ -24,7 +24,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from patches.checkpoints import atomic_save, load_checkpoint
+from patches.checkpoints import atomic_save, load_checkpoint, save_state_folder
 from plugins.backbones.registry import build_backbone, check_backbone_name, load_backbone_params
 from plugins.common.errors import InputError
 from plugins.common.flags import LATENT_ALIASES, TRAIN_DEFAULTS, make_parser
@@ -160,7 +160,7 @@ def save_checkpoint(accelerator: Accelerator, ema, cfg: dict, step: int) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     os.makedirs(tmp, exist_ok=True)
-    accelerator.save_state(tmp)
+    save_state_folder(accelerator.save_state, tmp)
     if accelerator.is_main_process:
         if ema is not None:
             atomic_save(ema.state_dict(), os.path.join(tmp, "ema.pt"))
