@@ -218,7 +218,7 @@ def test_stage_two_in_stage_one_directory_is_refused(load_script, tiny_cohort, c
     assert _gd(load_script, "segmentation_train_staged",
                ["--stage", "2", *common, "--csv_path", tiny_cohort / "name_mapping.csv",
                 "--resume_checkpoint", run]) == 2
-    one_error(capsys, "stage: 1 -> 2")
+    one_error(capsys, "stage 1", "stage 2")
     assert (run / "config.json").read_text() == config
 
 

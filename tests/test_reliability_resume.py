@@ -158,12 +158,12 @@ def test_autoencoder_resume_equals_straight_run(load_script, tmp_path):
 
 
 def test_segmentation_resume_equals_straight_run(load_script, tiny_cohort, tmp_path):
-    """Joint segmentation + grade head, 3 steps an epoch, validation after each: 4 straight steps == 4 steps
-    killed before the step-4 checkpoint + ``latest`` (step 2, mid-epoch 0) to 4; epoch 0 logged once."""
+    """Joint segmentation + grade head, 2-3 steps an epoch, validation after each: 4 straight steps == 4
+    steps killed before the step-4 checkpoint + ``latest`` (step 2) to 4; each epoch logged once."""
     from tests.test_segdiff_train import TINY
 
     common = ["--data_dir", tiny_cohort, *TINY, "--csv_path", tiny_cohort / "name_mapping.csv", "--save_interval", 2,
-              "--ema_rate", "0.9", "--batch_size", 27,  # 81 training slices
+              "--ema_rate", "0.9", "--batch_size", 27,
               "--image_size", 16, "--channel_mult", "1,2", "--attention_resolutions", "4"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _gd_script(load_script, "segmentation_train", [*common, "--out_dir", straight, "--max_steps", 4]) == 0
@@ -177,4 +177,5 @@ def test_segmentation_resume_equals_straight_run(load_script, tiny_cohort, tmp_p
     _assert_same_files(straight, split, ["model000004.pt", "ema_0.9_000004.pt", "opt000004.pt"])
     assert _steps(split / "metrics_step.jsonl") == _steps(straight / "metrics_step.jsonl")
     epochs = [json.loads(line)["epoch"] for line in open(split / "metrics_epoch.jsonl")]
-    assert epochs == [json.loads(line)["epoch"] for line in open(straight / "metrics_epoch.jsonl")] == [0]
+    assert epochs == [json.loads(line)["epoch"] for line in open(straight / "metrics_epoch.jsonl")]
+    assert epochs and len(set(epochs)) == len(epochs)
