@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Seed 003 baseline: latent rectified-flow SR, pixel branch off, on the embedded SR pairs.
 # Needs a 2D AutoencoderKL from scripts/train_autoencoder.py (--autoencoder.spatial_dims 2): VAE_PATH=RUN_DIR/vae.
-# Overrides (environment): LAUNCH (default "accelerate launch"), VAE_PATH, DATA_DIR, OUT_DIR, MAX_STEPS, BACKBONE;
+# Overrides (environment): LAUNCH (default "python scripts/launch.py": accelerate launch with the worker's exit
+# status, 2 on bad input, and no launcher traceback), VAE_PATH, DATA_DIR, OUT_DIR, MAX_STEPS, BACKBONE;
 # extra arguments are passed on (e.g. --mixed_precision bf16 --pixel_loss_schedule ramp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LAUNCH=${LAUNCH:-accelerate launch}
+LAUNCH=${LAUNCH:-${PYTHON:-python} scripts/launch.py}
 DATA_DIR=${DATA_DIR:-data/demo/sr}
 OUT_DIR=${OUT_DIR:-runs/sr}
 SCRIPT=${SCRIPT:-scripts/train_sr.py}
