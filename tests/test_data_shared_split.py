@@ -40,13 +40,14 @@ def restore_env():
 def test_all_arms_and_stages_share_one_split(load_script, tiny_cohort, tmp_path, restore_env, capsys):
     csv = tiny_cohort / "name_mapping.csv"
     common = ["--data_dir", tiny_cohort, *TINY, "--cache_dir", tmp_path / "cache"]
+    seg = [*common, "--val_timestep_respacing", "ddim3", "--val_num_ensemble", "1"]
     runs = {name: tmp_path / name for name in ("seg_only", "joint", "stage1", "stage2", "stage3", "plain", "dual")}
-    assert _run(load_script, "segmentation_train", *common, "--use_cls_head", "False",
+    assert _run(load_script, "segmentation_train", *seg, "--use_cls_head", "False",
                 "--out_dir", runs["seg_only"]) == 0
-    assert _run(load_script, "segmentation_train", *common, "--csv_path", csv, "--out_dir", runs["joint"]) == 0
-    assert _run(load_script, "segmentation_train_staged", "--stage", 1, *common, "--out_dir", runs["stage1"]) == 0
+    assert _run(load_script, "segmentation_train", *seg, "--csv_path", csv, "--out_dir", runs["joint"]) == 0
+    assert _run(load_script, "segmentation_train_staged", "--stage", 1, *seg, "--out_dir", runs["stage1"]) == 0
     for stage in (2, 3):
-        assert _run(load_script, "segmentation_train_staged", "--stage", stage, *common, "--csv_path", csv,
+        assert _run(load_script, "segmentation_train_staged", "--stage", stage, *seg, "--csv_path", csv,
                     "--resume_checkpoint", runs[f"stage{stage - 1}"], "--out_dir", runs[f"stage{stage}"]) == 0
     assert _run(load_script, "train_bea_dual_loss", *common, "--use_bea", "False", "--boundary_loss_weight", "0",
                 "--out_dir", runs["plain"]) == 0
@@ -60,7 +61,7 @@ def test_all_arms_and_stages_share_one_split(load_script, tiny_cohort, tmp_path,
 
     # a stage initialised from a checkpoint of another split is refused, naming both files
     capsys.readouterr()
-    assert _run(load_script, "segmentation_train_staged", "--stage", 2, *common, "--csv_path", csv,
+    assert _run(load_script, "segmentation_train_staged", "--stage", 2, *seg, "--csv_path", csv,
                 "--split_seed", 1, "--resume_checkpoint", runs["stage1"], "--out_dir", tmp_path / "other") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "stage1" in err and "split_val0.4_seed1.json" in err
