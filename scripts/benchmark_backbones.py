@@ -1,5 +1,4 @@
-"""Seed 004's table for our backbones, measured in one run on the same SR data and VAE: the matched set and the
-seed-ratio set.
+"""Seed 004's table for our backbones (matched and seed-ratio sets), measured in one run on the same data and VAE.
 
 Two parameter sets: ``--backbone_config`` (matched: every backbone within 10% of the others' parameters, so
 the table compares architectures) and ``--seed_ratio_config`` (the seed's ratio, the DiT at 2.5 x the UNet;
@@ -10,8 +9,10 @@ validation pairs:
 
 - PSNR (mean of per-image PSNR; the data-set PSNR as ``psnr_pooled``), NRMSE, SSIM, MS-SSIM, the bicubic
   reference's under ``reference_bicubic`` (``--num_inference_steps`` Euler steps);
-- ``inference_s_per_image``: the sampling calls alone (one untimed warm-up batch, ``torch.cuda.synchronize``
-  on a GPU; data reads, bicubic and metrics outside the timer);
+- ``inference_s_per_image``: sampling one batch of validation inputs alone, after every configuration is
+  trained: one untimed warm-up call each, then ``--time_rounds`` rounds that call every configuration once
+  (order rotated every round, so load on a shared machine hits all alike), median over rounds / batch size;
+  ``torch.cuda.synchronize`` around each call on a GPU; data reads, bicubic and metrics outside the timer;
 - ``peak_memory_mb``: total peak memory of sampling one batch, weights included (CUDA:
   ``max_memory_allocated`` after a reset; CPU: the peak RSS, ``VmHWM``, of a fresh spawned process that
   loads the pipeline and samples);
@@ -22,7 +23,7 @@ Differences from seed 004's table, deliberate:
 | seed 004 | here | why |
 |---|---|---|
 | DiT at 2.5 x the UNet's parameters | a matched set (within 10%) and a set at the seed's ratio | capacity is otherwise confounded with architecture |
-| inference time per sample | the sampling calls alone, after a warm-up | data reads and metrics are no backbone's cost |
+| inference time per sample | the sampling calls alone, warmed up, in interleaved rounds | data reads and metrics are no backbone's cost; load on a shared machine hits every backbone alike |
 | memory (total, GPU) | total peak, weights included (GPU peak allocation; CPU fresh-process peak RSS) | the same meaning on either device |
 | PSNR (pooling unstated) | mean of per-image PSNR, pooled PSNR beside it | NRMSE is per image too; the case table pairs images |
 | UNet, ViT, DiT, Transformer | UNet, DiT, hybrid | the registry's backbones |
@@ -47,14 +48,14 @@ from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
 from plugins.common.run_log import CONFIG_FILE, write_case_table, write_json_atomic
 from plugins.data.sr_pairs import SRPairDataset
-from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, sampling_peak_mb
+from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, sample_batch, sampling_peak_mb
 from plugins.latent_sr.objective import SRFlowObjective
 from plugins.latent_sr.trainer import all_defaults, train
 
 BENCH_DEFAULTS = dict(vae_path="", data_dir="data/demo/sr", out_dir="runs/backbones", backbones="unet,dit,hybrid",
                       backbone_config="config/sr_backbones.yaml",
                       seed_ratio_config="config/sr_backbones_seed_ratio.yaml", train_steps=200, batch_size=8,
-                      lr=1e-4, num_inference_steps=20, time_steps=5, max_samples=0, seed=0)
+                      lr=1e-4, num_inference_steps=20, time_steps=5, time_rounds=5, max_samples=0, seed=0)
 SETS = ("matched", "seed_ratio")
 METRIC_KEYS = ("psnr", "psnr_pooled", "nrmse", "ssim", "ms_ssim")
 
@@ -89,8 +90,27 @@ def train_step_seconds(run_cfg: dict, pipe, dataset, steps: int) -> float:
     return statistics.median(times)
 
 
-def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple[dict, list[dict]]:
-    """Train ``name`` from ``config`` into ``run_dir`` and measure it: (row, per-image case rows)."""
+def interleaved_sampling_seconds(pipes: list, low: torch.Tensor, steps: int, rounds: int, seed: int) -> list[float]:
+    """Median seconds of ``pipe(low)`` per pipeline over ``rounds`` rounds that call each once, the order rotated
+    every round, after one untimed warm-up call each."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    times = [[] for _ in pipes]
+    for r in range(rounds + 1):
+        for i in [(r + k) % len(pipes) for k in range(len(pipes))]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            sample_batch(pipes[i], low, steps, seed)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if r:  # round 0 warms up
+                times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple[dict, list[dict], object]:
+    """Train ``name`` from ``config`` into ``run_dir`` and measure all but the inference time:
+    (row, per-image case rows, the loaded pipeline)."""
     cfg = all_defaults({
         "data_dir": args.data_dir, "out_dir": run_dir, "vae_path": args.vae_path, "backbone": name,
         "backbone_config": config, "max_steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -100,17 +120,16 @@ def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple
     if torch.cuda.is_available():
         pipe.to("cuda")
     scores, cases, _ = evaluate_pipeline(pipe, val, args.num_inference_steps, args.batch_size, args.seed,
-                                         args.max_samples, warmup_batches=1)
+                                         args.max_samples)
     low = torch.stack([val[i]["lr"] for i in range(min(args.batch_size, len(val)))])
     row = {"backbone": name, **{k: scores[k] for k in METRIC_KEYS},
            "params_m": count_parameters(pipe.denoiser) / 1e6,
-           "inference_s_per_image": scores["sampling_s_per_image"],
            "peak_memory_mb": sampling_peak_mb(pipe, result["pipeline_dir"], low, args.num_inference_steps, args.seed),
            "train_step_s": train_step_seconds(cfg, pipe, train_set, args.time_steps),
            "reference_bicubic": scores["reference_bicubic"], "train_steps": args.train_steps,
            "num_images": scores["num_images"], "run_dir": run_dir,
            "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    return row, cases
+    return row, cases, pipe
 
 
 def print_table(title: str, rows: list[dict]) -> None:
@@ -133,22 +152,30 @@ def main(argv=None):
     names = [check_backbone_name(n.strip()) for n in args.backbones.split(",") if n.strip()]
     if not names:
         raise InputError(f"--backbones: expected a comma-separated subset of {', '.join(BACKBONES)}")
-    if min(args.train_steps, args.time_steps, args.num_inference_steps) < 1:
-        raise InputError("--train_steps, --time_steps and --num_inference_steps: expected positive integers")
+    if min(args.train_steps, args.time_steps, args.time_rounds, args.num_inference_steps, args.batch_size) < 1:
+        raise InputError("--train_steps, --time_steps, --time_rounds, --num_inference_steps and --batch_size: "
+                         "expected positive integers")
     configs = {"matched": args.backbone_config, "seed_ratio": args.seed_ratio_config}
     configs = {s: path for s, path in configs.items() if path}
     flags = {"matched": "--backbone_config", "seed_ratio": "--seed_ratio_config"}
     params = {(s, n): load_backbone_params(path, n, flags[s]) for s, path in configs.items() for n in names}
     val = SRPairDataset(args.data_dir, "val")
     train_set = SRPairDataset(args.data_dir, "train")
-    tables, measured = {s: [] for s in configs}, {}
-    for (set_name, name), p in params.items():
-        key = (name, json.dumps(p, sort_keys=True))
-        folder = os.path.join(args.out_dir, set_name, name)
+    keys = {k: (k[1], json.dumps(p, sort_keys=True)) for k, p in params.items()}  # one run per configuration
+    measured = {}
+    for (set_name, name), key in keys.items():
         if key not in measured:
-            measured[key] = measure(args, name, configs[set_name], folder, val, train_set)
-        row, cases = measured[key]
-        row = {**row, "set": set_name}
+            measured[key] = measure(args, name, configs[set_name], os.path.join(args.out_dir, set_name, name), val,
+                                    train_set)
+    low = torch.stack([val[i]["lr"] for i in range(min(args.batch_size, len(val)))])
+    seconds = interleaved_sampling_seconds([pipe for _, _, pipe in measured.values()], low,
+                                           args.num_inference_steps, args.time_rounds, args.seed)
+    per_image = {key: s / low.shape[0] for key, s in zip(measured, seconds)}
+    tables = {s: [] for s in configs}
+    for (set_name, name), key in keys.items():
+        folder = os.path.join(args.out_dir, set_name, name)
+        row, cases, _ = measured[key]
+        row = {**row, "inference_s_per_image": per_image[key], "time_rounds": args.time_rounds, "set": set_name}
         os.makedirs(os.path.join(folder, "benchmark"), exist_ok=True)
         if row["run_dir"] != folder:  # reused: the trained run's configuration beside its figures
             shutil.copyfile(os.path.join(row["run_dir"], CONFIG_FILE), os.path.join(folder, CONFIG_FILE))

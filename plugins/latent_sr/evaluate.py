@@ -7,8 +7,9 @@ RMSE_i / (max - min of HR image i). ``psnr_pooled`` is the data-set PSNR (square
 all images). MS-SSIM uses the first scales of the standard ``(0.0448, 0.2856, 0.3001, 0.2363, 0.1333)``
 that fit the image size (re-normalised). The bicubic reference's figures sit under
 ``reference_bicubic`` (and as ``bicubic_*`` columns of the case table).
-``sampling_s_per_image`` times the pipeline calls alone: after ``warmup_batches`` untimed calls,
-``torch.cuda.synchronize`` around each call on a GPU; data reads, bicubic and metrics run outside it.
+``sampling_s_per_image`` times the pipeline calls alone (``torch.cuda.synchronize`` around each call on a
+GPU; data reads, bicubic and metrics outside the timer; the first call's start-up included:
+``scripts/benchmark_backbones.py`` times warmed-up, interleaved calls).
 :func:`sampling_peak_mb` is the total peak memory of sampling, weights included.
 """
 
@@ -125,7 +126,7 @@ def _sync(device) -> None:
 
 @torch.no_grad()
 def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: int = 8, seed: int = 0,
-                      max_samples: int = 0, warmup_batches: int = 0) -> tuple[dict, list[dict], dict]:
+                      max_samples: int = 0) -> tuple[dict, list[dict], dict]:
     """Per-image metrics of SR and bicubic on ``dataset``'s paired samples, the case rows, the first batch.
 
     Returns ``(metrics, rows, images)``: ``metrics`` = the SR means (module docstring), ``psnr_pooled``,
@@ -143,9 +144,6 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
         raise InputError("--data_dir: the split has no paired samples to evaluate")
     batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     device = pipe.denoiser.device
-    for idx in batches[:1] * warmup_batches:  # untimed, with its own generator: results do not depend on it
-        pipe(torch.stack([dataset[i]["lr"] for i in idx]), num_inference_steps=num_inference_steps,
-             generator=torch.Generator().manual_seed(seed + 1))
     generator = torch.Generator().manual_seed(seed)
     sr_scores, bic_scores, names, first, seconds = {}, {}, [], {}, 0.0
     for idx in tqdm(batches, desc="sample_sr"):
@@ -172,13 +170,14 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
     return metrics, rows, first
 
 
-def _sample(pipe, low, steps, seed):
+def sample_batch(pipe, low: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
+    """``pipe(low)`` with ``steps`` Euler steps and a generator seeded ``seed``."""
     return pipe(low, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
 
 
 def _cpu_peak_child(pipeline_dir, low, steps, seed, conn):
     pipe = load_pipeline(pipeline_dir)
-    _sample(pipe, low, steps, seed)
+    sample_batch(pipe, low, steps, seed)
     with open("/proc/self/status") as f:
         conn.send(next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024)
 
@@ -190,14 +189,18 @@ def sampling_peak_mb(pipe, pipeline_dir: str, low: torch.Tensor, steps: int, see
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        _sample(pipe, low, steps, seed)
+        sample_batch(pipe, low, steps, seed)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2 ** 20
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_cpu_peak_child, args=(pipeline_dir, low, steps, seed, send))
     proc.start()
-    peak = recv.recv()
+    send.close()  # the child holds the only writer: its death ends recv() with EOFError
+    try:
+        peak = recv.recv()
+    except EOFError:
+        raise RuntimeError(f"the memory-measuring process failed (exit {proc.join() or proc.exitcode})") from None
     proc.join()
     return peak
 
