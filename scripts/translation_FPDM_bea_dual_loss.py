@@ -60,8 +60,9 @@ def main(argv=None):
         tuned = tune(run_fpdm(model, diffusion, tune_set, desc="tune", **kwargs), fpdm,
                      f"{run_dir} (tune subjects {', '.join(tune_subjects)})")
         test = run_fpdm(model, diffusion, test_set, tuned=tuned, desc="test", **kwargs)
-    scored = score(test, tuned, fpdm.min_component)
-    extra = {"model": weights, "scored_weights": scored_weights(weights, config), "tune_subjects": tune_subjects, "test_subjects": test_subjects, "args": vars(args)}
+    scored = score(test, tuned, fpdm.min_component_px)
+    extra = {"model": weights, "scored_weights": scored_weights(weights, config), "tune_subjects": tune_subjects,
+             "test_subjects": test_subjects, "args": vars(args)}
     write_outputs(out_dir, test, scored, tuned, fpdm, extra)
     save_grid(os.path.join(out_dir, "grid.png"), test, scored.masks)
     summary = {f"{s}_{k}": v for s, m in scored.metrics.items() if m for k, v in m.items()}

@@ -126,7 +126,7 @@ def _settings(protocol="anofpdm", **overrides):
     import argparse
 
     args = argparse.Namespace(**{**FPDM_DEFAULTS, "protocol": protocol, **overrides})
-    return resolve_settings(args, argparse.Namespace(modalities=MODALITIES), 100)
+    return resolve_settings(args, argparse.Namespace(modalities=MODALITIES, image_size=32), 100)
 
 
 @pytest.mark.parametrize("protocol", ["anofpdm", "fast"])
@@ -140,7 +140,7 @@ def test_oracle_localises_the_lesion_and_calls_the_healthy_slice_healthy(demo_sl
     kwargs = dict(settings=settings, batch_size=4, seed=0)
     tuned = tune(run_fpdm(oracle, diffusion, Slices(tune_items, oracle), **kwargs), settings, "tune")
     out = run_fpdm(oracle, diffusion, Slices(test_items, oracle), tuned=tuned, **kwargs)
-    scored = score(out, tuned, settings.min_component)
+    scored = score(out, tuned, settings.min_component_px)
     labels = out.labels.tolist()
     sick, healthy = labels.index(1), labels.index(0)
     assert scored.calls[sick] == 1 and scored.calls[healthy] == 0

@@ -10,8 +10,8 @@ tuning healthy slices).
 Scoring (AnoFPDM's ``evaluate``): the brain is ``mean_c(x) > lo + 0.025 (hi - lo)`` over all
 modalities of the slice (AnoFPDM: ``> -0.95`` in [-1, 1]). Pixel AUPRC (average precision) and
 AUROC pool the brain pixels of the subset's slices. Masks are ``H >= threshold`` inside the
-brain, then components (8-connected) of at most ``min_component`` pixels (filled area; AnoFPDM 40)
-are removed; Dice ``(2|P∩G| + 1e-6) / (|P| + |G| + 1e-6)`` and IoU are per slice, then averaged.
+brain, then components (8-connected) of at most ``min_component`` pixels at 128 px (filled area;
+AnoFPDM 40; scaled by ``(image_size / 128)^2`` for other sizes) are removed; Dice ``(2|P∩G| + 1e-6) / (|P| + |G| + 1e-6)`` and IoU are per slice, then averaged.
 "mixed" = every test slice, masks gated by the image call (a healthy call has an empty mask);
 "unhealthy" = the slices holding tumour, ungated masks. The FLAIR reference scores the FLAIR
 intensity as the map (same brain, same metrics; a slice is called unhealthy when its filtered
@@ -76,7 +76,8 @@ FPDM_HELP = dict(
     q_lo="mask quantile for the strongest anomalies",
     q_hi="mask quantile for the weakest anomalies",
     median_size="median filter size of the anomaly map, pixels",
-    min_component="mask components of at most this many pixels are removed (AnoFPDM: 40)",
+    min_component="mask components of at most this many pixels at 128 px are removed, scaled by area for "
+                  "other sizes (AnoFPDM: 40 at 128 px)",
     flair_quantile="FLAIR reference threshold: this quantile of FLAIR in the brain of healthy tuning slices",
     batch_size="slices per forward batch (the model sees twice as many)",
     num_eval_cases="score only the first N test subjects (0 = all)",
@@ -105,7 +106,8 @@ class FpdmSettings:
     q_lo: float
     q_hi: float
     median_size: int
-    min_component: int
+    min_component: int          # as given, pixels at 128 px
+    min_component_px: int       # applied at this image size
     flair_quantile: float
 
     def record(self) -> dict:
@@ -113,6 +115,7 @@ class FpdmSettings:
         return {"name": self.name, "forward": forward, "w": self.w, "t_max": self.t_max, "t_stride": self.t_stride,
                 "num_steps": len(self.timesteps), "modalities": self.modalities, "q_lo": self.q_lo,
                 "q_hi": self.q_hi, "median_size": self.median_size, "min_component": self.min_component,
+                "min_component_px": self.min_component_px,
                 "flair_quantile": self.flair_quantile, "brain_mask": "mean over modalities > lo + 0.025 (hi - lo)",
                 "tuning": "slice labels only (M_max, image cut, FLAIR threshold); no pixel labels"}
 
@@ -148,7 +151,9 @@ def resolve_settings(args, config, num_timesteps: int) -> FpdmSettings:
                         timesteps=fpdm_timesteps(t_max, stride), modalities=chosen,
                         channels=[trained.index(m) for m in chosen], flair_channel=trained.index("flair"),
                         q_lo=args.q_lo, q_hi=args.q_hi, median_size=args.median_size,
-                        min_component=args.min_component, flair_quantile=args.flair_quantile)
+                        min_component=args.min_component,
+                        min_component_px=int(round(args.min_component * (int(config.image_size) / 128) ** 2)),
+                        flair_quantile=args.flair_quantile)
 
 
 def halve_subjects(val_subjects: list, seed: int) -> tuple[list, list]:

@@ -49,6 +49,8 @@ pixel AUPRC / AUROC            brain pixels, per batch of 50    brain pixels poo
 Dice / IoU                     per slice over the whole slice   per slice, the mask cut to the brain
                                after the 40-px filter           before the 40-px filter (equal when the
                                                                 mask lies in the brain)
+small-component filter         40 px at 128 px                  40 px at 128 px, scaled by the area for
+                                                                other image sizes (2 px at 32 px)
 tuning data                    ``num_batches_val`` random       the run's tuning half of the validation
                                validation batches               subjects, every ``slice_step``-th slice
 =============================  ===============================  =========================================
