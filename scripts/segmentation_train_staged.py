@@ -27,7 +27,7 @@ from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
 from plugins.common.run_log import CONFIG_FILE, check_config, read_config
 from plugins.data import settings_from_args
-from plugins.segdiff.plugin import (SEGDIFF_ARCHITECTURE_KEYS, SegDiffPlugin, resumed_checkpoint,
+from plugins.segdiff.plugin import (SEGDIFF_ARCHITECTURE_KEYS, SegDiffPlugin, describe_flags, resumed_checkpoint,
                                     segdiff_model_for_config, segdiff_training_defaults)
 from plugins.segdiff.stages import (STAGE_PLAN, STAGES, check_init_stage, check_resume_stage, describe,
                                     load_stage_weights)
@@ -48,7 +48,8 @@ def previous_stage_checkpoint(args, stage) -> str:
     source = resumed_checkpoint(args)
     found = check_init_stage(source, stage.number)
     if found != stage.number - 1:
-        print(f"warning: --resume_checkpoint {source}: stage {stage.number} starts from {describe(found)}", file=sys.stderr)
+        print(f"warning: --resume_checkpoint {source}: stage {stage.number} starts from {describe(found)}",
+              file=sys.stderr)
     keys = ARCHITECTURE_KEYS + tuple(k for k in SEGDIFF_ARCHITECTURE_KEYS if k != "use_cls_head")
     check_config(os.path.dirname(os.path.abspath(source)), vars(args), keys)
     load_stage_weights(segdiff_model_for_config(vars(args), len(settings_from_args(args).modalities)), source)
@@ -57,7 +58,9 @@ def previous_stage_checkpoint(args, stage) -> str:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = make_parser(__doc__.splitlines()[0], staged_defaults()).parse_args(argv)
+    parser = make_parser(__doc__.splitlines()[0], staged_defaults())
+    describe_flags(parser)
+    args = parser.parse_args(argv)
     if args.stage not in STAGES:
         raise InputError(f"--stage {args.stage}: expected 1, 2 or 3")
     stage = STAGES[args.stage]

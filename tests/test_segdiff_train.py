@@ -86,7 +86,8 @@ def test_stages_freeze_train_and_resume_from_each_other(runs):
     assert [g["lr"] for g in groups] == pytest.approx([1e-5, 1e-4]) and len(groups[1]["params"]) == 2
     head_params = sum(s2[k].numel() for k in head)
     total = sum(v.numel() for v in s2.values())
-    assert _optimizer_line(runs["stage1"]).startswith(f"optimizer: {total - head_params - 2} of {total - head_params - 2}")
+    stage1 = total - head_params - 2
+    assert _optimizer_line(runs["stage1"]).startswith(f"optimizer: {stage1} of {stage1}")
     assert _optimizer_line(runs["stage2"]).startswith(f"optimizer: {head_params} of {total}")
     assert _optimizer_line(runs["stage3"]).startswith(f"optimizer: {total} of {total}")
     configs = [json.loads((runs[f"stage{i}"] / "config.json").read_text()) for i in (1, 2, 3)]

@@ -42,6 +42,7 @@ from plugins.segdiff.stages import STAGES, Stage, apply_stage
 
 __all__ = [
     "CalibrationHead", "ClassificationHead", "attach_segdiff", "highway_parameter_counts", "image_heads",
-    "image_timesteps", "segdiff_forward", "binary_focal_loss", "calibration_loss", "multiclass_focal_loss", "uncertainty_weighted",
+    "image_timesteps", "segdiff_forward", "binary_focal_loss", "calibration_loss", "multiclass_focal_loss",
+    "uncertainty_weighted",
     "SegDiffObjective", "STAGES", "Stage", "apply_stage",
 ]

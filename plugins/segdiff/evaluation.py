@@ -242,7 +242,8 @@ def evaluate(args, given: set) -> dict:
     scores, volumes, elapsed = collect(model, diffusion, dataset, args, use_ddim, reference)
     add_staple(scores, volumes)
     cases, scored = scores.result()
-    metrics = {"checkpoint": os.path.basename(args.model_path), "weights": "raw", "subjects": len(cases),
+    weights = "ema" if os.path.basename(args.model_path).startswith("ema") else "raw"
+    metrics = {"checkpoint": os.path.basename(args.model_path), "weights": weights, "subjects": len(cases),
                "slices": len(dataset), "num_ensemble": args.num_ensemble,
                "timestep_respacing": args.timestep_respacing, "sampling_steps": diffusion.num_timesteps,
                "sampler": "ddim" if use_ddim else "ancestral", "slices_per_second": len(dataset) / elapsed,

@@ -41,6 +41,35 @@ SEGDIFF_DEFAULTS = dict(
     val_timestep_respacing="ddim25",
 )
 
+SEGDIFF_HELP = dict(
+    stage="1 segmentation (head frozen or absent), 2 the classification head only, 3 everything with uncertainty "
+          "weighting",
+    data_name="dataset layout (BRATS)",
+    use_cls_head="add the HGG/LGG classification head and uncertainty weighting",
+    focal_gamma="gamma of the classification focal loss",
+    seg_focal_gamma="gamma of the segmentation focal loss on the calibration map",
+    seg_focal_lambda="weight of the segmentation focal loss (L_seg = mse + Dice + lambda focal)",
+    grad_surgery="none, or pcgrad: project conflicting task gradients",
+    grad_probe="log the cosine of the two task gradients on the shared encoder every --log_interval",
+    calib_width="hidden channels of the calibration head",
+    uw_lr="learning rate of the log-sigmas of uncertainty weighting (0 = --lr, the stage-1 rate)",
+    val_num_ensemble="DDIM samples per validation slice, fused by their mean",
+    val_timestep_respacing="DDIM steps of validation sampling (ddimN)",
+    csv_path="grade CSV (BraTS_2020_subject_ID, Grade)",
+    num_ensemble="sampled masks per slice",
+    timestep_respacing="ddimN: DDIM in N steps; N: ancestral over N respaced steps; empty: every step",
+    num_eval_cases="validation subjects to score (0 = all)",
+    num_grid_slices="rows of grid.png",
+)
+
+
+def describe_flags(parser) -> None:
+    """Prefix the help of the segmentation flags with their phrase (the rest keep the shared ones)."""
+    for action in parser._actions:
+        if action.dest in SEGDIFF_HELP:
+            action.help = f"{SEGDIFF_HELP[action.dest]} {action.help or ''}".strip()
+
+
 #: Flags that change the network: a resumed run, a next stage or an evaluation must agree on them.
 SEGDIFF_ARCHITECTURE_KEYS = ("use_cls_head", "calib_width")
 
