@@ -7,6 +7,8 @@ classification loss is on. The UNet has ``M + 1`` input channels and 1 output ch
 
 from __future__ import annotations
 
+import math
+
 from guided_diffusion import logger
 from torch.utils.data import DataLoader
 
@@ -38,8 +40,11 @@ SEGDIFF_DEFAULTS = dict(
     calib_width=32,
     uw_lr=0.0,
     val_num_ensemble=3,
-    val_timestep_respacing="ddim25",
+    val_timestep_respacing="",
 )
+
+#: DDIM steps of validation sampling when --val_timestep_respacing is empty (about this many).
+VAL_DDIM_STEPS = 25
 
 SEGDIFF_HELP = dict(
     stage="1 segmentation (head frozen or absent), 2 the classification head only, 3 everything with uncertainty "
@@ -54,7 +59,7 @@ SEGDIFF_HELP = dict(
     calib_width="hidden channels of the calibration head",
     uw_lr="learning rate of the log-sigmas of uncertainty weighting (0 = --lr, the stage-1 rate)",
     val_num_ensemble="DDIM samples per validation slice, fused by their mean",
-    val_timestep_respacing="DDIM steps of validation sampling (ddimN)",
+    val_timestep_respacing="DDIM steps of validation sampling, ddimN (empty: about 25)",
     csv_path="grade CSV (BraTS_2020_subject_ID, Grade)",
     num_ensemble="sampled masks per slice",
     timestep_respacing="ddimN: DDIM in N steps; N: ancestral over N respaced steps; empty: every step",
@@ -97,7 +102,7 @@ def check_segdiff_args(args, stage: Stage | None = None) -> None:
         raise InputError("--uw_lr with --use_fp16 True: fp16 flattens the parameters into one group; use --use_bf16")
     if args.val_num_ensemble <= 0:
         raise InputError(f"--val_num_ensemble: got {args.val_num_ensemble}; expected a positive integer")
-    if not args.val_timestep_respacing.startswith("ddim"):
+    if args.val_timestep_respacing and not args.val_timestep_respacing.startswith("ddim"):
         raise InputError(f"--val_timestep_respacing {args.val_timestep_respacing!r}: expected ddimN (DDIM in N steps)")
     try:
         sampling_diffusion(args)
@@ -131,10 +136,18 @@ def resumed_checkpoint(args) -> str:
         raise InputError(str(err)) from None
 
 
+def validation_respacing(args) -> str:
+    """``--val_timestep_respacing``, or ``ddimN`` with the stride ``ceil(T / 25)`` (N about 25; every T works)."""
+    if args.val_timestep_respacing:
+        return args.val_timestep_respacing
+    stride = math.ceil(args.diffusion_steps / VAL_DDIM_STEPS)
+    return f"ddim{len(range(0, args.diffusion_steps, stride))}"
+
+
 def sampling_diffusion(args):
-    """The training diffusion respaced by ``--val_timestep_respacing`` (DDIM sampling in validation)."""
+    """The training diffusion respaced by :func:`validation_respacing` (DDIM sampling in validation)."""
     return create_seam_diffusion(**{**{k: getattr(args, k) for k in DIFFUSION_DEFAULTS},
-                                    "timestep_respacing": args.val_timestep_respacing})
+                                    "timestep_respacing": validation_respacing(args)})
 
 
 class SegDiffPlugin(SlicePlugin):
