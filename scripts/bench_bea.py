@@ -26,6 +26,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 WIDTH = {"num_channels": 32, "num_res_blocks": 1}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def model_kwargs(image_size):
@@ -37,6 +38,7 @@ def bea_loop(image_size, batch_size, weight):
     torch.manual_seed(0)
     model = create_seam_model(**model_kwargs(image_size))
     attach_bea(model, argparse.Namespace(**BEA_DEFAULTS))
+    model.to(DEVICE)
     diffusion = create_seam_diffusion(**DIFFUSION_DEFAULTS)
     for term in bea_loss_terms(weight):
         diffusion.add_loss_term(term)
@@ -69,6 +71,7 @@ def bench_fpdm(args):
         torch.manual_seed(0)
         model = create_seam_model(**model_kwargs(size)).eval()
         attach_bea(model, argparse.Namespace(**BEA_DEFAULTS))
+        model.to(DEVICE)
         diffusion = create_seam_diffusion(**DIFFUSION_DEFAULTS)
         device = next(model.parameters()).device
         x0 = torch.rand(args.fpdm_batch, 4, size, size, device=device) * 2 - 1
