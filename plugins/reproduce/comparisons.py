@@ -229,7 +229,7 @@ COMPARISONS = {c.key: c for c in [
                "The boundary-aware dual loss raises FPDM pixel AUPRC over the BEA MSE-only baseline.",
                ["plain", "bea_mse", "bea_dual"],
                [Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_random_auprc", factor=2.0,
-                     label="2 x the random map's AUPRC (the lesion prevalence in the brain)"),
+                     label="the random map's AUPRC (the lesion prevalence in the brain)"),
                 Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_flair.mixed.auprc",
                      label="FLAIR thresholding's AUPRC")],
                [Check("fpdm/mixed.auprc", "bea_dual", "bea_mse", min_effect=0.005),
