@@ -250,9 +250,10 @@ COMPARISONS = {c.key: c for c in [
                "Staged training keeps the segmentation Dice of segmentation-only training (within 0.02) while "
                "adding a classifier better than chance (AUC > 0.5).",
                ["seg_only", "joint", "staged"],
-               # validation/: the end-of-run validation; dice = volume Dice of the sampled masks
-               [Gate("seg_only", "validation/dice", "validation/reference_flair", label="FLAIR thresholding's Dice")],
-               [Check("validation/dice", "staged", "seg_only", margin=0.02),
+               # validation/: the end-of-run validation; case.dice = each subject's volume Dice of the sampled masks
+               [Gate("seg_only", "validation/case.dice", "validation/case.reference_flair",
+                     label="FLAIR thresholding's Dice")],
+               [Check("validation/case.dice", "staged", "seg_only", margin=0.02),
                 Check("validation/auc_slice", "staged", None, reference=0.5, min_effect=0.05)],
                _seg_plan),
     Comparison("sr", "Seed 003: SR diffusion-only vs the pixel-space loss branch",
