@@ -19,7 +19,7 @@ from plugins.common.errors import InputError, run_main
 from plugins.common.flags import EVAL_DEFAULTS, make_parser
 from plugins.common.run_log import write_case_table, write_json_atomic
 from plugins.data.sr_pairs import SRPairDataset
-from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, save_grid
+from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, save_grid, scored_weights
 
 SAMPLE_DEFAULTS = dict(data_dir="data/demo/sr", split="val", num_inference_steps=20, batch_size=8, seed=0,
                        max_samples=0, grid_rows=8)
@@ -35,7 +35,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     scores, rows, images = evaluate_pipeline(pipe, dataset, args.num_inference_steps, args.batch_size, args.seed,
                                              args.max_samples)
-    scores.update(model_path=args.model_path, split=args.split, num_inference_steps=args.num_inference_steps)
+    scores.update(model_path=args.model_path, split=args.split, num_inference_steps=args.num_inference_steps,
+                  scored_weights=scored_weights(args.model_path))
     os.makedirs(out_dir, exist_ok=True)
     save_grid(os.path.join(out_dir, "sr_grid.png"), images["low_res"], images["bicubic"], images["sr"],
               images["high_res"], args.grid_rows)

@@ -14,7 +14,7 @@ from guided_diffusion.unet import UNetModel
 
 from patches.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from patches.guided_diffusion import LossTerm, NonFiniteLossError, create_seam_diffusion, create_seam_model
-from patches.guided_diffusion.ema import ema_decay, ema_summary
+from patches.ema import ema_decay, ema_summary
 from patches.guided_diffusion.train_loop import latest_checkpoint
 from plugins.common.run_log import read_jsonl
 from tests.gd_tiny import TINY_DIFFUSION, TINY_MODEL, batches, close_logger, endless, seam_loop, seed_all

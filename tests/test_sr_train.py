@@ -85,6 +85,10 @@ def test_pixel_run_end_to_end_then_sample(env, capsys):
         assert scores["reference_bicubic"][key] == pytest.approx(np.mean([r[f"bicubic_{key}"] for r in rows]), rel=1e-6)
     assert scores["sampling_s_per_image"] > 0
     assert os.path.getsize(os.path.join(eval_dir, "sr_grid.png")) > 0
+    weights = scores["scored_weights"]  # diffusers' EMAModel after 3 updates: decays 0, 2/11, 3/12
+    assert weights["weights"] == "ema" and weights["train_steps"] == 3
+    assert weights["ema_init_weight"] == 0.0 and weights["ema_mean_age_steps"] == pytest.approx(
+        (3 / 12) * ((2 / 11) * 1 + 1))
 
 
 def test_resume_latest_continues_exactly(env):

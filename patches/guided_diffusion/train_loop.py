@@ -14,7 +14,7 @@
   zeroed, no optimizer or EMA update) and counted in ``skipped_steps``;
   ``max_consecutive_skips`` skips in a row stop the run with
   :class:`NonFiniteLossError` (fp16 keeps upstream's loss-scale skipping);
-- ``ema_warmup``: the EMA decay follows diffusers' warm-up schedule (:mod:`.ema`) instead of
+- ``ema_warmup``: the EMA decay follows diffusers' warm-up schedule (:mod:`patches.ema`) instead of
   upstream's constant rate, so the EMA means something after a few thousand steps;
 - ``grad_clip > 0``: clip the total gradient norm before the optimizer step;
 - ``use_bf16``: the forward and loss under ``torch.autocast(dtype=bfloat16)``;
@@ -65,7 +65,7 @@ from guided_diffusion.train_util import TrainLoop
 
 from patches.checkpoints import CheckpointError, CheckpointWriteError, atomic_save, load_checkpoint
 from patches.errors import SeamError
-from patches.guided_diffusion.ema import ema_decay
+from patches.ema import ema_decay
 
 _MODEL_FILE = re.compile(r"model(\d{6,})\.pt$")
 

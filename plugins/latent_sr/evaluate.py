@@ -26,14 +26,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,  # noqa: E402
                                            peak_signal_noise_ratio, structural_similarity_index_measure)
 from torchmetrics.functional.regression import normalized_root_mean_squared_error  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from patches.ema import ema_summary  # noqa: E402
 from plugins.backbones.registry import check_denoiser_fits  # noqa: E402
 from plugins.common.errors import InputError  # noqa: E402
+from plugins.common.run_log import CONFIG_FILE, STEP_METRICS, read_config, read_jsonl  # noqa: E402
 from plugins.latent_sr.pipeline import SRFlowPipeline, upsample  # noqa: E402
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -117,6 +120,21 @@ def load_pipeline(model_path: str):
         diffusers_logging.enable_progress_bar()
     check_denoiser_fits(pipe.denoiser, pipe.vae.config.latent_channels, source=folder)
     return pipe
+
+
+def scored_weights(model_path: str) -> dict:
+    """Which denoiser weights a run's pipeline holds: ``{"weights": "ema" | "raw", "train_steps"}``, for the
+    EMA also its decay and :func:`~patches.guided_diffusion.ema.ema_summary` under diffusers' ``EMAModel``
+    schedule (``min(decay, (1 + s) / (10 + s))``); ``{"weights": "unknown"}`` for a pipeline outside a run."""
+    if not os.path.isfile(os.path.join(model_path, CONFIG_FILE)):
+        return {"weights": "unknown"}
+    config, steps = read_config(model_path), read_jsonl(os.path.join(model_path, STEP_METRICS))
+    out = {"weights": "ema" if config.get("use_ema") else "raw", "train_steps": steps[-1]["step"] if steps else 0}
+    if out["weights"] == "ema":
+        decay = float(config["ema_decay"])
+        schedule = EMAModel([], decay=decay)
+        out.update(ema_decay=decay, **ema_summary(decay, out["train_steps"], False, decay_fn=schedule.get_decay))
+    return out
 
 
 def _sync(device) -> None:

@@ -14,7 +14,7 @@ import glob
 import os
 
 from patches.guided_diffusion import latest_checkpoint, load_model_weights
-from patches.guided_diffusion.ema import ema_summary
+from patches.ema import ema_summary
 from patches.guided_diffusion.train_loop import checkpoint_step
 from plugins.common.errors import InputError
 from plugins.common.run_log import CONFIG_FILE, read_config

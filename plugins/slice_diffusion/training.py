@@ -38,7 +38,7 @@ MODEL_FLAGS = {k: v for k, v in MODEL_DEFAULTS.items() if k not in ("in_channels
 LOOP_DEFAULTS = dict(
     microbatch=-1,
     ema_rate="0.9999",
-    ema_warmup=True,  # diffusers' EMA warm-up (patches.guided_diffusion.ema); False = upstream's constant rate
+    ema_warmup=True,  # diffusers' EMA warm-up (patches.ema); False = upstream's constant rate
     log_interval=10,
     save_interval=1000,
     weight_decay=0.0,

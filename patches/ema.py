@@ -1,4 +1,4 @@
-"""EMA decay per optimizer step: upstream's constant rate, or diffusers' warm-up schedule.
+"""EMA decay per optimizer step: guided-diffusion's constant rate, or diffusers' warm-up schedule.
 
 Upstream updates ``ema = d * ema + (1 - d) * w`` with a constant ``d = rate`` (0.9999): after
 n steps a fraction ``rate ** n`` of the EMA is still the initialisation (90% after 1,000 steps).
@@ -31,9 +31,11 @@ def ema_decay(rate: float, step: int, warmup: bool, power: float = EMA_POWER) ->
     return float(_schedule(float(rate), float(power)).get_decay(step)) if warmup else float(rate)
 
 
-def ema_summary(rate: float, steps: int, warmup: bool, power: float = EMA_POWER) -> dict:
-    """``{"ema_init_weight": I_n, "ema_mean_age_steps": A_n}`` after ``steps`` EMA updates."""
+def ema_summary(rate: float, steps: int, warmup: bool, power: float = EMA_POWER, decay_fn=None) -> dict:
+    """``{"ema_init_weight": I_n, "ema_mean_age_steps": A_n}`` after ``steps`` EMA updates; ``decay_fn(s)``
+    replaces :func:`ema_decay` for another schedule (e.g. a diffusers ``EMAModel``'s ``get_decay``)."""
+    decay_fn = decay_fn or (lambda s: ema_decay(rate, s, warmup, power))
     init_weight, age = 1.0, 0.0
-    for d in (ema_decay(rate, s, warmup, power) for s in range(1, steps + 1)):
+    for d in (float(decay_fn(s)) for s in range(1, steps + 1)):
         init_weight, age = d * init_weight, d * (age + 1.0)
     return {"ema_init_weight": float(init_weight), "ema_mean_age_steps": float(age)}
