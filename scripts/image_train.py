@@ -11,11 +11,11 @@ import sys
 from patches.guided_diffusion import setup_dist
 from plugins.common.errors import run_main
 from plugins.common.flags import make_parser
-from plugins.slice_diffusion.training import run_training, training_defaults
+from plugins.slice_diffusion.training import TRAINING_HELP, run_training, training_defaults
 
 
 def main(argv=None):
-    args = make_parser(__doc__.splitlines()[0], training_defaults()).parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], training_defaults(), phrases=(TRAINING_HELP,)).parse_args(argv)
     setup_dist()
     run_training(args)
 

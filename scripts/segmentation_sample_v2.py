@@ -19,16 +19,13 @@ import sys
 
 from plugins.common.errors import run_main
 from plugins.common.flags import make_parser
-from plugins.segdiff.evaluation import SAMPLE_DEFAULTS, evaluate
-from plugins.segdiff.plugin import describe_flags
+from plugins.segdiff.evaluation import SAMPLE_DEFAULTS, SAMPLE_HELP, evaluate
 
 
 def parse(argv):
     """(args, the names of the flags given explicitly)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = make_parser(__doc__.splitlines()[0], SAMPLE_DEFAULTS)
-    describe_flags(parser)
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], SAMPLE_DEFAULTS, phrases=(SAMPLE_HELP,)).parse_args(argv)
     given = {k for k in SAMPLE_DEFAULTS if any(a == f"--{k}" or a.startswith(f"--{k}=") for a in argv)}
     return args, given
 

@@ -19,15 +19,14 @@ import sys
 from patches.guided_diffusion import setup_dist
 from plugins.common.errors import run_main
 from plugins.common.flags import make_parser
-from plugins.segdiff.plugin import SegDiffPlugin, describe_flags, resumed_checkpoint, segdiff_training_defaults
+from plugins.segdiff.plugin import SEGDIFF_HELP, SegDiffPlugin, resumed_checkpoint, segdiff_training_defaults
 from plugins.segdiff.stages import check_resume_stage
-from plugins.slice_diffusion.training import run_training
+from plugins.slice_diffusion.training import TRAINING_HELP, run_training
 
 
 def main(argv=None):
-    parser = make_parser(__doc__.splitlines()[0], segdiff_training_defaults())
-    describe_flags(parser)
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], segdiff_training_defaults(),
+                       phrases=(TRAINING_HELP, SEGDIFF_HELP)).parse_args(argv)
     resumed = resumed_checkpoint(args)
     if resumed:
         check_resume_stage(resumed, 0)

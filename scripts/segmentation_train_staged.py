@@ -27,11 +27,11 @@ from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
 from plugins.common.run_log import CONFIG_FILE, check_config, read_config
 from plugins.data import settings_from_args
-from plugins.segdiff.plugin import (SEGDIFF_ARCHITECTURE_KEYS, SegDiffPlugin, describe_flags, resumed_checkpoint,
+from plugins.segdiff.plugin import (SEGDIFF_ARCHITECTURE_KEYS, SEGDIFF_HELP, SegDiffPlugin, resumed_checkpoint,
                                     segdiff_model_for_config, segdiff_training_defaults)
 from plugins.segdiff.stages import (STAGE_PLAN, STAGES, check_init_stage, check_resume_stage, describe,
                                     load_stage_weights)
-from plugins.slice_diffusion.training import ARCHITECTURE_KEYS, run_training
+from plugins.slice_diffusion.training import ARCHITECTURE_KEYS, TRAINING_HELP, run_training
 
 
 def staged_defaults() -> dict:
@@ -58,9 +58,7 @@ def previous_stage_checkpoint(args, stage) -> str:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    parser = make_parser(__doc__.splitlines()[0], staged_defaults())
-    describe_flags(parser)
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], staged_defaults(), phrases=(TRAINING_HELP, SEGDIFF_HELP)).parse_args(argv)
     if args.stage not in STAGES:
         raise InputError(f"--stage {args.stage}: expected 1, 2 or 3")
     stage = STAGES[args.stage]

@@ -15,16 +15,12 @@ from patches.guided_diffusion import setup_dist
 from plugins.bea.plugin import BEA_DEFAULTS, BEA_HELP, NUM_CLASSES, BeaPlugin
 from plugins.common.errors import run_main
 from plugins.common.flags import make_parser
-from plugins.slice_diffusion.training import run_training, training_defaults
+from plugins.slice_diffusion.training import TRAINING_HELP, run_training, training_defaults
 
 
 def main(argv=None):
     defaults = {**training_defaults(), "num_classes": NUM_CLASSES, **BEA_DEFAULTS}
-    parser = make_parser(__doc__.splitlines()[0], defaults)
-    for action in parser._actions:
-        if action.dest in BEA_HELP:
-            action.help = f"{BEA_HELP[action.dest]} {action.help}"
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], defaults, phrases=(TRAINING_HELP, BEA_HELP)).parse_args(argv)
     plugin = BeaPlugin(args)
     setup_dist()
     run_training(args, plugin)

@@ -24,19 +24,16 @@ from plugins.common.run_log import CONFIG_FILE
 from plugins.data import BratsSliceDataset, settings_from_args
 from plugins.data.brats_layout import check_modalities
 from plugins.slice_diffusion.loading import load_trained_model, resolve_model_path, saved_config, scored_weights
-from plugins.slice_diffusion.training import training_defaults
+from plugins.slice_diffusion.training import TRAINING_HELP, training_defaults
 
 MODEL_HELP = f"model flag; must agree with the run's {CONFIG_FILE} (read from there when omitted)"
 
 
 def parser():
     model_flags = {k: v for k, v in {**training_defaults(), **BEA_DEFAULTS}.items() if k in MODEL_KEYS}
-    result = make_parser(__doc__.splitlines()[0], EVAL_DEFAULTS, FPDM_DEFAULTS, model_flags)
-    for action in result._actions:
-        if action.dest in FPDM_HELP or action.dest in model_flags:
-            phrase = FPDM_HELP.get(action.dest) or f"{BEA_HELP.get(action.dest, 'model flag')}; {MODEL_HELP}"
-            action.help = f"{phrase} {action.help}"
-    return result
+    model_phrases = {k: f"{BEA_HELP.get(k) or TRAINING_HELP[k]}; {MODEL_HELP}" for k in model_flags}
+    return make_parser(__doc__.splitlines()[0], EVAL_DEFAULTS, FPDM_DEFAULTS, model_flags,
+                       phrases=(model_phrases, FPDM_HELP))
 
 
 def main(argv=None):

@@ -41,6 +41,18 @@ DIFFUSION_DEFAULTS = dict(
     rescale_learned_sigmas=False,
     timestep_respacing="",
 )
+#: One phrase per flag of ``DIFFUSION_DEFAULTS`` (meaning, units), for ``--help``.
+DIFFUSION_HELP = dict(
+    diffusion_steps="diffusion steps T of the noise schedule",
+    learn_sigma="the model also predicts the variance (output channels doubled, hybrid loss)",
+    sigma_small="fixed variance: the posterior's beta-tilde instead of beta (when sigma is not learned)",
+    noise_schedule="beta schedule over the T steps: linear or cosine",
+    use_kl="train on the rescaled variational bound (KL) instead of the MSE",
+    predict_xstart="the model predicts x_0 instead of the noise epsilon",
+    rescale_timesteps="feed the model timesteps scaled to 0..1000 whatever T is",
+    rescale_learned_sigmas="scale the variance (vb) term by T/1000 (RESCALED_MSE; with learn_sigma)",
+    timestep_respacing="sampling steps: ddimN = DDIM in N steps, N or a comma list = respaced; empty = all T",
+)
 
 
 @dataclass

@@ -31,6 +31,26 @@ MODEL_DEFAULTS = dict(
     use_fp16=False,
     use_new_attention_order=False,
 )
+#: One phrase per flag of ``MODEL_DEFAULTS`` (meaning, units), for ``--help``.
+MODEL_HELP = dict(
+    image_size="side of the square input, pixels",
+    in_channels="input channels of the UNet",
+    out_channels="output channels of the UNet (0 = in_channels; doubled with learn_sigma)",
+    num_channels="base channel count of the UNet (a positive multiple of 32)",
+    num_res_blocks="residual blocks per resolution level",
+    channel_mult="comma-separated channel multipliers per level (empty: upstream's choice for image_size)",
+    attention_resolutions="comma-separated downsampling factors (image_size / resolution) with self-attention",
+    num_heads="attention heads per attention block",
+    num_head_channels="channels per attention head (-1: use num_heads instead)",
+    num_heads_upsample="attention heads in the decoder (-1 = num_heads)",
+    use_scale_shift_norm="timestep embedding scales and shifts the normalised features (FiLM) instead of adding",
+    resblock_updown="down/upsample with residual blocks instead of plain convolution/interpolation",
+    dropout="dropout probability in the residual blocks, a fraction",
+    num_classes="class labels of a class-conditional model (0 = unconditional)",
+    use_checkpoint="gradient checkpointing: less memory, more compute",
+    use_fp16="float16 mixed precision with loss scaling (upstream's MixedPrecisionTrainer)",
+    use_new_attention_order="split q, k, v before the heads (QKVAttention) instead of the legacy order",
+)
 
 
 def create_seam_model(*, image_size, in_channels, out_channels, num_channels, num_res_blocks, channel_mult,

@@ -2,8 +2,10 @@
 
 One defaults dict per script becomes its flags (``--key value``), so a script's
 flags and its saved ``config.json`` are the same dict. Booleans take
-``True``/``False`` (also yes/no, 1/0) like upstream's ``str2bool``; ``--help``
-shows every default. Latent (accelerate) scripts also accept the
+``True``/``False`` (also yes/no, 1/0) like upstream's ``str2bool``. Each
+defaults dict has a phrase dict beside it (``TRAIN_HELP`` beside
+``TRAIN_DEFAULTS``, ...): ``--help`` prints "<phrase> (default: ...)" for every
+flag. Phrases are argparse help strings (a literal percent sign is ``%%``). Latent (accelerate) scripts also accept the
 diffusers-examples spellings listed in :data:`LATENT_ALIASES`.
 """
 
@@ -28,8 +30,25 @@ TRAIN_DEFAULTS = dict(
     lr=1e-4,
 )
 
+#: One phrase per flag of ``TRAIN_DEFAULTS`` (meaning, units), for ``--help``.
+TRAIN_HELP = dict(
+    data_dir="training data folder",
+    out_dir="run folder to write (checkpoints, config.json, metrics)",
+    max_steps="training steps (optimizer updates) to run; 0 = no limit",
+    seed="random seed of initialisation, shuffling and noise",
+    resume_checkpoint="checkpoint to resume from (empty: start fresh)",
+    batch_size="training samples per step",
+    lr="learning rate of the optimizer",
+)
+
 #: Flags every sampling or evaluation script takes.
 EVAL_DEFAULTS = dict(model_path="", data_dir="", out_dir="")
+#: One phrase per flag of ``EVAL_DEFAULTS``.
+EVAL_HELP = dict(
+    model_path="trained checkpoint (or its run folder) to evaluate",
+    data_dir="data folder to evaluate on",
+    out_dir="output folder of the evaluation (metrics.json, cases.csv, images)",
+)
 
 #: diffusers-examples names accepted by the accelerate-launched latent scripts.
 LATENT_ALIASES = {
@@ -61,13 +80,16 @@ def _flag_type(default):
     return type(default)
 
 
-def add_dict_to_argparser(parser: argparse.ArgumentParser, defaults: dict, aliases: dict | None = None):
-    """Add ``--key`` for every entry of ``defaults`` (type from the default value)."""
+def add_dict_to_argparser(parser: argparse.ArgumentParser, defaults: dict, aliases: dict | None = None,
+                          phrases: dict | None = None):
+    """Add ``--key`` for every entry of ``defaults`` (type from the default value), helped by ``phrases[key]``."""
     aliases = aliases or {}
+    phrases = phrases or {}
     for key, default in defaults.items():
         names = [f"--{key}"] + ([aliases[key]] if key in aliases else [])
+        phrase = phrases.get(key, "")
         parser.add_argument(*names, dest=key, default=default, type=_flag_type(default),
-                            help=f"(default: {default!r})")
+                            help=f"{phrase} (default: {default!r})".lstrip())
     return parser
 
 
@@ -75,11 +97,18 @@ def args_to_dict(args: argparse.Namespace, keys) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
-def make_parser(description: str, *default_dicts: dict, aliases: dict | None = None) -> argparse.ArgumentParser:
-    """A parser with one flag per key of the merged ``default_dicts`` (later dicts win)."""
+def make_parser(description: str, *default_dicts: dict, aliases: dict | None = None,
+                phrases: tuple[dict, ...] = ()) -> argparse.ArgumentParser:
+    """A parser with one flag per key of the merged ``default_dicts`` (later dicts win).
+
+    ``phrases``: the phrase dicts beside those defaults dicts (later dicts win).
+    """
     merged: dict = {}
     for d in default_dicts:
         merged.update(d)
+    merged_phrases: dict = {}
+    for d in phrases:
+        merged_phrases.update(d)
     parser = argparse.ArgumentParser(description=description)
     parser._negative_number_matcher = NEGATIVE_NUMBER  # "--lr -1e-4" is a value, refused by the script's check
-    return add_dict_to_argparser(parser, merged, aliases)
+    return add_dict_to_argparser(parser, merged, aliases, merged_phrases)

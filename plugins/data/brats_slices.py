@@ -51,6 +51,19 @@ DATA_DEFAULTS = dict(
     split_file="",
     cache_dir="",
 )
+#: One phrase per flag of ``DATA_DEFAULTS`` (meaning, units), for ``--help``.
+DATA_HELP = dict(
+    data_dir="BraTS folder (one subfolder per subject)",
+    csv_path="grade CSV (BraTS_2020_subject_ID, Grade); empty: no grades",
+    image_size="side of the resized axial slice, pixels",
+    modalities="comma-separated MRI modalities, one input channel each",
+    crop="centre-crop the squared slice to this side before resizing, pixels (0 = no crop)",
+    value_range="'low,high': intensity range the normalised slices are mapped to",
+    val_fraction="fraction of subjects held out for validation",
+    split_seed="seed of the subject-level train/validation split",
+    split_file="split.json to reuse (empty: draw the split from split_seed)",
+    cache_dir="slice cache folder (empty: DATA_DIR/.slice_cache)",
+)
 
 
 def settings_from_args(args) -> SliceSettings:

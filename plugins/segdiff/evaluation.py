@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 from patches.guided_diffusion import DIFFUSION_DEFAULTS, create_seam_diffusion, load_model_weights
 from plugins.common.errors import InputError
-from plugins.common.flags import EVAL_DEFAULTS
+from plugins.common.flags import EVAL_DEFAULTS, EVAL_HELP
 from plugins.common.run_log import CASES_FILE, CONFIG_FILE, read_config, write_case_table, write_json_atomic
 from plugins.data import BratsSliceDataset, read_grade_csv, settings_from_args
 from plugins.data.splits import SPLIT_FILE
-from plugins.segdiff.plugin import DATA_NAMES, SEGDIFF_ARCHITECTURE_KEYS, segdiff_model_for_config
+from plugins.segdiff.plugin import DATA_NAMES, SEGDIFF_ARCHITECTURE_KEYS, SEGDIFF_HELP, segdiff_model_for_config
 from plugins.segdiff.sampling import fuse_mean, fuse_staple, sample_ensemble
 from plugins.segdiff.scoring import SAMPLE, FlairThreshold, SplitScores
-from plugins.slice_diffusion.training import MODEL_FLAGS
+from plugins.slice_diffusion.training import MODEL_FLAGS, TRAINING_HELP
 
 #: Flags of the saved run that decide the network and its input; given here, they must agree.
 CONFIG_KEYS = (tuple(MODEL_FLAGS) + tuple(k for k in DIFFUSION_DEFAULTS if k != "timestep_respacing")
@@ -54,6 +54,9 @@ SAMPLE_DEFAULTS = dict(
                          "value_range": "-1,1", "use_cls_head": True, "calib_width": 32}.items()
        if k in CONFIG_KEYS},
 )
+#: One phrase per flag of ``SAMPLE_DEFAULTS``; the model flags must agree with the run's config.json.
+SAMPLE_HELP = {**TRAINING_HELP, **EVAL_HELP, **SEGDIFF_HELP, "batch_size": "slices per sampling batch",
+               "seed": "seed of the sampling noise"}
 
 
 def run_dir_of(model_path: str) -> str:

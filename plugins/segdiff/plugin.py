@@ -68,13 +68,6 @@ SEGDIFF_HELP = dict(
 )
 
 
-def describe_flags(parser) -> None:
-    """Prefix the help of the segmentation flags with their phrase (the rest keep the shared ones)."""
-    for action in parser._actions:
-        if action.dest in SEGDIFF_HELP:
-            action.help = f"{SEGDIFF_HELP[action.dest]} {action.help or ''}".strip()
-
-
 #: Flags that change the network: a resumed run, a next stage or an evaluation must agree on them.
 SEGDIFF_ARCHITECTURE_KEYS = ("use_cls_head", "calib_width")
 

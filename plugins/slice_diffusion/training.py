@@ -21,15 +21,16 @@ import torch.distributed as dist
 from guided_diffusion import logger
 from torch.utils.data import DataLoader, DistributedSampler
 
-from patches.guided_diffusion import (DIFFUSION_DEFAULTS, MODEL_DEFAULTS, SeamTrainLoop, configure_logger,
-                                      create_named_schedule_sampler, create_seam_diffusion, create_seam_model)
+from patches.guided_diffusion import (DIFFUSION_DEFAULTS, DIFFUSION_HELP, MODEL_DEFAULTS, MODEL_HELP, SeamTrainLoop,
+                                      configure_logger, create_named_schedule_sampler, create_seam_diffusion,
+                                      create_seam_model)
 from patches.guided_diffusion.train_loop import checkpoint_step, resolve_resume_checkpoint
 from plugins.common.errors import InputError
-from plugins.common.flags import TRAIN_DEFAULTS
+from plugins.common.flags import TRAIN_DEFAULTS, TRAIN_HELP
 from plugins.common.resume import loader_generator
 from plugins.common.run_dir import claim_run_dir
 from plugins.common.run_log import EPOCH_METRICS, STEP_METRICS, truncate_metrics, write_config
-from plugins.data import DATA_DEFAULTS, build_brats_datasets, settings_from_args
+from plugins.data import DATA_DEFAULTS, DATA_HELP, build_brats_datasets, settings_from_args
 from plugins.data.splits import check_checkpoint_split
 
 #: Model flags (upstream's names); channels come from --modalities.
@@ -51,12 +52,33 @@ LOOP_DEFAULTS = dict(
     schedule_sampler="uniform",
     num_workers=0,
 )
+#: One phrase per flag of ``LOOP_DEFAULTS`` (meaning, units), for ``--help``.
+LOOP_HELP = dict(
+    microbatch="samples per forward/backward pass, gradients accumulated over the batch (-1 = whole batch)",
+    ema_rate="comma-separated EMA decay rates of the kept weight averages",
+    ema_warmup="EMA decay follows diffusers' warm-up schedule (False = upstream's constant rate)",
+    log_interval="steps between logged metrics",
+    save_interval="steps between checkpoints",
+    weight_decay="AdamW weight decay",
+    lr_anneal_steps="steps of linear learning-rate decay to 0 (0 = constant rate)",
+    use_fp16="float16 mixed precision with loss scaling (upstream's MixedPrecisionTrainer)",
+    fp16_scale_growth="log2 loss-scale increase per successful fp16 step",
+    use_bf16="forward and loss under bfloat16 autocast",
+    grad_clip="maximum total gradient norm (0 = no clipping)",
+    max_consecutive_skips="non-finite steps in a row that stop the run",
+    schedule_sampler="timestep sampler: uniform or loss-second-moment",
+    num_workers="DataLoader worker processes (0 = load in the main process)",
+)
 
 
 def training_defaults() -> dict:
     """Seed-000 defaults: lr 1e-4, batch 14, 1000 diffusion steps, 128 px, 4 modalities in [-1, 1]."""
     return {**TRAIN_DEFAULTS, "batch_size": 14, "lr": 1e-4, **DATA_DEFAULTS, "value_range": "-1,1",
             **MODEL_FLAGS, "image_size": 128, **DIFFUSION_DEFAULTS, **LOOP_DEFAULTS}
+
+
+#: The phrases of :func:`training_defaults`' flags (and of the model/diffusion flags evaluations repeat).
+TRAINING_HELP = {**TRAIN_HELP, **DATA_HELP, **MODEL_HELP, **DIFFUSION_HELP, **LOOP_HELP}
 
 
 #: The flags that define the network and the diffusion: a resumed run or an evaluation must agree on them.
