@@ -34,6 +34,16 @@ from plugins.data.filaments import make_filament_volume
 
 BENCH_DEFAULTS = dict(size=32, channels="8,16,32", rounds=20, warmup=3, mem_size=64, mem_channels="16,32,64",
                       threads=1, memory_child="")
+BENCH_HELP = dict(
+    size="side of the cubic input of the step-time figure, voxels",
+    channels="comma-separated channels per level of the step-time model",
+    rounds="interleaved timing rounds",
+    warmup="untimed warm-up rounds",
+    mem_size="side of the cubic input of the memory figure, voxels",
+    mem_channels="comma-separated channels per level of the memory model",
+    threads="torch CPU threads",
+    memory_child="internal: run one memory measurement in this process (checkpointing or plain)",
+)
 
 
 def model_kw(channels: str) -> dict:
@@ -143,7 +153,7 @@ def memory_ratio(args, device) -> dict:
 
 
 def main(argv=None):
-    args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS).parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS, phrases=(BENCH_HELP,)).parse_args(argv)
     if args.size % 4 or args.mem_size % 4:
         raise InputError("--size/--mem_size: expected multiples of 4 (three autoencoder levels)")
     torch.set_num_threads(args.threads)

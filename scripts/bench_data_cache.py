@@ -31,6 +31,16 @@ from plugins.data.slice_preprocess import SliceSettings
 
 DEFAULTS = dict(data_dir="", num_subjects=2, image_size=128, rounds=5, naive_reads=2, cached_reads=5000, seed=0,
                 cache_dir="")
+HELP = dict(
+    data_dir="BraTS folder (empty: a temporary BraTS-size demo cohort)",
+    num_subjects="subjects of the temporary demo cohort",
+    image_size="side of the cached slices, pixels",
+    rounds="interleaved rounds (naive reads, then cached reads)",
+    naive_reads="naive NIfTI slice reads per round",
+    cached_reads="cached slice reads per round",
+    seed="seed of the demo cohort and of the random slices",
+    cache_dir="slice cache folder (empty: a temporary one)",
+)
 TARGET = 1000.0
 
 
@@ -46,7 +56,7 @@ def emit(figure: str, value, **extra) -> None:
 
 
 def main(argv=None) -> None:
-    args = make_parser(__doc__.splitlines()[0], DEFAULTS).parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], DEFAULTS, phrases=(HELP,)).parse_args(argv)
     if args.rounds < 1 or args.naive_reads < 1 or args.cached_reads < 1:
         raise InputError("--rounds, --naive_reads, --cached_reads: expected integers >= 1")
     torch.set_num_threads(1)

@@ -52,10 +52,10 @@ def peak_memory(kind, image_size, batch_size, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--memory_repeats", type=int, default=2)
+    parser.add_argument("--image_size", type=int, default=64, help="slice side, pixels")
+    parser.add_argument("--batch_size", type=int, default=4, help="training batch")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")
+    parser.add_argument("--memory_repeats", type=int, default=2, help="fresh-process memory runs per variant")
     parser.add_argument("--memory_of", choices=["upstream", "seam"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     common = {"image_size": args.image_size, "batch_size": args.batch_size}

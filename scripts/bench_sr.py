@@ -35,6 +35,20 @@ from plugins.latent_sr.pixel_loss import GatedPixelLoss, per_sample_error
 BENCH_DEFAULTS = dict(vae_path="", vae_blocks="32,64,64", latent_channels=4, backbone="unet",
                       backbone_config="config/sr_backbones.yaml", size=64, batch_size=8, rounds=7, warmup=2,
                       pixel_loss_max_t=0.3, threads=0, seed=0)
+BENCH_HELP = dict(
+    vae_path="frozen AutoencoderKL folder (empty: a fresh random one of --vae_blocks)",
+    vae_blocks="comma-separated block channels of the fresh VAE",
+    latent_channels="latent channels of the fresh VAE",
+    backbone="velocity network from --backbone_config",
+    backbone_config="YAML of backbone architectures",
+    size="side of the high-resolution input, pixels",
+    batch_size="pairs per training step",
+    rounds="interleaved timing rounds",
+    warmup="untimed warm-up steps",
+    pixel_loss_max_t="pixel-loss gate of the timed branch, a fraction of the flow in (0, 1]",
+    threads="torch CPU threads (0 = torch's default)",
+    seed="seed of the model and the inputs",
+)
 
 
 class DecodeAllPixelLoss(GatedPixelLoss):
@@ -69,7 +83,7 @@ def make_vae(args):
 
 
 def main(argv=None):
-    args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS).parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS, phrases=(BENCH_HELP,)).parse_args(argv)
     if args.rounds < 1 or args.batch_size < 1:
         raise InputError("--rounds and --batch_size: expected positive integers")
     if args.threads:

@@ -56,6 +56,22 @@ BENCH_DEFAULTS = dict(vae_path="", data_dir="data/demo/sr", out_dir="runs/backbo
                       backbone_config="config/sr_backbones.yaml",
                       seed_ratio_config="config/sr_backbones_seed_ratio.yaml", train_steps=200, batch_size=8,
                       lr=1e-4, num_inference_steps=20, time_steps=5, time_rounds=5, max_samples=0, seed=0)
+BENCH_HELP = dict(
+    vae_path="frozen AutoencoderKL folder every backbone trains on",
+    data_dir="SR pair folder",
+    out_dir="output folder of the runs and tables",
+    backbones="comma-separated backbone names to compare",
+    backbone_config="YAML of the matched parameter set",
+    seed_ratio_config="YAML of the seed-ratio parameter set (empty: skip that set)",
+    train_steps="training steps per backbone",
+    batch_size="training pairs per step",
+    lr="learning rate",
+    num_inference_steps="Euler sampling steps",
+    time_steps="training steps timed (median step time)",
+    time_rounds="interleaved sampling timing rounds",
+    max_samples="score only the first N validation images (0 = all)",
+    seed="seed of training and sampling, the same for every backbone",
+)
 SETS = ("matched", "seed_ratio")
 METRIC_KEYS = ("psnr", "psnr_pooled", "nrmse", "ssim", "ms_ssim")
 
@@ -148,7 +164,7 @@ def print_table(title: str, rows: list[dict]) -> None:
 
 
 def main(argv=None):
-    args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS).parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS, phrases=(BENCH_HELP,)).parse_args(argv)
     names = [check_backbone_name(n.strip()) for n in args.backbones.split(",") if n.strip()]
     if not names:
         raise InputError(f"--backbones: expected a comma-separated subset of {', '.join(BACKBONES)}")

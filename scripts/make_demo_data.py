@@ -46,6 +46,18 @@ DEFAULTS = dict(
     sr_scale=2,
     sr_every=4,
 )
+HELP = dict(
+    out_dir="folder to write the sets into",
+    num_subjects="subjects of the BraTS-layout cohort",
+    seed="random seed (the same seed gives the same data)",
+    kind="set to write: brats, filaments, sr or all",
+    shape="cohort volume shape x,y,z, voxels",
+    num_filament_volumes="filament volumes to write",
+    filament_shape="filament volume shape x,y,z, voxels",
+    sr_size="side of the high-resolution SR slices, pixels",
+    sr_scale="SR downscaling factor (low-res side = sr_size / sr_scale)",
+    sr_every="take every N-th brain slice for the SR pairs",
+)
 
 
 def _sizes(text: str, flag: str) -> tuple:
@@ -111,7 +123,7 @@ def build_sr(args, out_dir: str, hr: list) -> None:
 
 
 def main(argv=None) -> None:
-    args = make_parser(__doc__.splitlines()[0], DEFAULTS).parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], DEFAULTS, phrases=(HELP,)).parse_args(argv)
     if not args.out_dir:
         raise InputError("--out_dir: required (the folder to write the demo sets into, e.g. data/demo)")
     if args.kind not in KINDS:

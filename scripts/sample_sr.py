@@ -23,10 +23,21 @@ from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, save_gr
 
 SAMPLE_DEFAULTS = dict(data_dir="data/demo/sr", split="val", num_inference_steps=20, batch_size=8, seed=0,
                        max_samples=0, grid_rows=8)
+SAMPLE_HELP = dict(
+    model_path="trained SR run folder (its pipeline/) to score",
+    data_dir="SR pair folder",
+    out_dir="output folder (metrics.json, cases.csv, sr_grid.png)",
+    split="pair split to score: val or train",
+    num_inference_steps="Euler sampling steps",
+    batch_size="images per sampling batch",
+    seed="seed of the sampling noise",
+    max_samples="score only the first N images (0 = all)",
+    grid_rows="images (rows) in sr_grid.png",
+)
 
 
 def main(argv=None):
-    args = make_parser(__doc__.splitlines()[0], EVAL_DEFAULTS, SAMPLE_DEFAULTS).parse_args(argv)
+    args = make_parser(__doc__.splitlines()[0], EVAL_DEFAULTS, SAMPLE_DEFAULTS, phrases=(SAMPLE_HELP,)).parse_args(argv)
     if args.num_inference_steps < 1 or args.batch_size < 1:
         raise InputError("--num_inference_steps and --batch_size: expected positive integers")
     pipe = load_pipeline(args.model_path)

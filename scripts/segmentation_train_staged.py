@@ -58,7 +58,8 @@ def previous_stage_checkpoint(args, stage) -> str:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    args = make_parser(__doc__.splitlines()[0], staged_defaults(), phrases=(TRAINING_HELP, SEGDIFF_HELP)).parse_args(argv)
+    parser = make_parser(__doc__.splitlines()[0], staged_defaults(), phrases=(TRAINING_HELP, SEGDIFF_HELP))
+    args = parser.parse_args(argv)
     if args.stage not in STAGES:
         raise InputError(f"--stage {args.stage}: expected 1, 2 or 3")
     stage = STAGES[args.stage]

@@ -3,7 +3,8 @@
 from guided_diffusion.resample import create_named_schedule_sampler
 
 from patches.guided_diffusion.distributed import setup_dist
-from patches.guided_diffusion.diffusion import DIFFUSION_DEFAULTS, DIFFUSION_HELP, LossContext, LossTerm, SeamDiffusion, create_seam_diffusion
+from patches.guided_diffusion.diffusion import (DIFFUSION_DEFAULTS, DIFFUSION_HELP, LossContext, LossTerm, SeamDiffusion,
+                                               create_seam_diffusion)
 from patches.guided_diffusion.logging import configure_logger
 from patches.guided_diffusion.model import MODEL_DEFAULTS, MODEL_HELP, create_seam_model
 from patches.guided_diffusion.train_loop import NonFiniteLossError, SeamTrainLoop, latest_checkpoint, load_model_weights

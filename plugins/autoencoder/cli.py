@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from plugins.autoencoder.config import FLAG_PATHS, flatten, load_config, parse_value, set_path, validate
+from plugins.autoencoder.config import FLAG_PATHS, HELP, flatten, load_config, parse_value, set_path, validate
 from plugins.common.errors import InputError
 from plugins.common.flags import LATENT_ALIASES, make_parser
 
@@ -31,10 +31,13 @@ def _get(cfg: dict, path: str):
 def build_parser(cfg: dict, config_path: str, suppress: bool = False) -> argparse.ArgumentParser:
     """One flag per common training flag and per dotted config key, defaults from ``cfg``."""
     common = {"config": config_path, **{flag: _get(cfg, path) for flag, path in FLAG_PATHS.items()}}
-    parser = make_parser(DESCRIPTION, common, aliases=LATENT_ALIASES)
+    phrases = {"config": "YAML configuration read first (its values are the defaults below)",
+               **{flag: HELP[path] for flag, path in FLAG_PATHS.items()}}
+    parser = make_parser(DESCRIPTION, common, aliases=LATENT_ALIASES, phrases=(phrases,))
     for path, default in flatten(cfg).items():
         kind = str if isinstance(default, str) else parse_value
-        parser.add_argument(f"--{path}", dest=path, default=default, type=kind, help=f"(default: {default!r})")
+        parser.add_argument(f"--{path}", dest=path, default=default, type=kind,
+                            help=f"{HELP[path]} (default: {default!r})")
     if suppress:
         for action in parser._actions:
             action.default = argparse.SUPPRESS

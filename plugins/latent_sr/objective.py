@@ -46,6 +46,22 @@ LOSS_DEFAULTS = dict(
     lpl_max_t=0.25,
     lpl_outlier_threshold=3.0,
 )
+#: One phrase per flag of ``LOSS_DEFAULTS`` (meaning, units), for ``--help``.
+LOSS_HELP = dict(
+    timestep_shift="shift of the flow-matching timesteps t in (0, 1), training and sampling (1 = none)",
+    logit_mean="mean of the logit-normal timestep density",
+    logit_std="standard deviation of the logit-normal timestep density",
+    pixel_loss_weight="weight of the gated pixel loss on the decoded x0 estimate (0 = off)",
+    pixel_loss_type="pixel loss: l1 or l2, in [-1, 1] pixel units",
+    pixel_loss_max_t="pixel loss only for timesteps t <= this, a fraction of the flow in (0, 1]",
+    pixel_loss_schedule="pixel-loss gate: hard (1 below max_t) or ramp ((max_t - t) / max_t)",
+    pixel_loss_paired_only="pixel loss only on samples with a real low-resolution pair",
+    pixel_adaptive_weight="scale the pixel loss by the ratio of gradient norms at the last layer (VQGAN-style)",
+    adaptive_weight_max="upper bound of that adaptive ratio",
+    lpl_weight="weight of the latent perceptual loss through the frozen decoder's features (0 = off)",
+    lpl_max_t="LPL only for timesteps t <= this, a fraction of the flow in (0, 1]",
+    lpl_outlier_threshold="LPL masks positions whose standardised target feature exceeds this, in std units",
+)
 
 
 def check_loss_config(cfg: dict) -> None:

@@ -27,14 +27,14 @@ from tqdm.auto import tqdm
 from patches.checkpoints import atomic_save, load_checkpoint, save_state_folder
 from plugins.backbones.registry import build_backbone, check_backbone_name, load_backbone_params
 from plugins.common.errors import InputError
-from plugins.common.flags import LATENT_ALIASES, TRAIN_DEFAULTS, make_parser
+from plugins.common.flags import LATENT_ALIASES, TRAIN_DEFAULTS, TRAIN_HELP, make_parser
 from plugins.common.resume import loader_generator
 from plugins.common.run_dir import claim_run_dir
 from plugins.common.run_log import STEP_METRICS, MetricsLog, truncate_metrics, write_config
 from plugins.common.yaml_io import safe_load_unique
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr import codec
-from plugins.latent_sr.objective import LOSS_DEFAULTS, SRFlowObjective, check_loss_config
+from plugins.latent_sr.objective import LOSS_DEFAULTS, LOSS_HELP, SRFlowObjective, check_loss_config
 from plugins.latent_sr.pipeline import SRFlowPipeline, default_scheduler
 
 #: Trainer flags beyond the shared ones (``TRAIN_DEFAULTS`` values overridden here).
@@ -62,6 +62,31 @@ SR_DEFAULTS = dict(
     report_to="tensorboard",
     num_workers=0,
 )
+#: One phrase per flag of ``SR_DEFAULTS`` (meaning, units), for ``--help``.
+SR_HELP = dict(
+    data_dir="SR pair folder (train/ and val/ with hr/ and lr/ .npy slices)",
+    out_dir="run folder to write (checkpoints, pipeline, config, metrics)",
+    max_steps="optimizer steps to train",
+    batch_size="training pairs per step (per process)",
+    lr="AdamW learning rate",
+    config="YAML of flag values, between the defaults and the command line (empty: none)",
+    vae_path="frozen AutoencoderKL folder (diffusers format) whose latents are learnt",
+    vae_pixel_range="pixel range the VAE was trained on: unit [0, 1] or signed [-1, 1]",
+    backbone="velocity network: a name from --backbone_config",
+    backbone_config="YAML of backbone architectures",
+    mixed_precision="accelerate mixed precision: no, fp16 or bf16",
+    gradient_accumulation_steps="batches accumulated per optimizer step",
+    max_grad_norm="maximum total gradient norm (0 = no clipping)",
+    adam_weight_decay="AdamW weight decay",
+    lr_warmup_steps="steps of linear learning-rate warm-up",
+    use_ema="keep an EMA of the weights (diffusers' EMAModel) and sample with it",
+    ema_decay="maximum EMA decay per step",
+    checkpointing_steps="steps between accelerate checkpoints",
+    checkpoints_total_limit="checkpoints kept (older ones removed)",
+    log_every="steps between logged metrics",
+    report_to="accelerate tracker, e.g. tensorboard (empty: none)",
+    num_workers="DataLoader worker processes (0 = load in the main process)",
+)
 CHECKPOINT_DIR = "checkpoints"
 PIPELINE_DIR = "pipeline"
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -75,7 +100,7 @@ def parse_config(argv=None, overrides: dict | None = None, description: str = ""
     """Flags -> config dict; precedence: defaults < ``overrides`` < ``--config`` YAML < command line."""
     defaults = all_defaults(overrides)
     parser = make_parser(description or "Latent rectified-flow super-resolution training (accelerate).",
-                         defaults, aliases=LATENT_ALIASES)
+                         defaults, aliases=LATENT_ALIASES, phrases=(TRAIN_HELP, SR_HELP, LOSS_HELP))
     first, _ = parser.parse_known_args(argv)
     if first.config:
         parser.set_defaults(**_read_yaml_flags(first.config, defaults))
