@@ -13,21 +13,27 @@ _DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "CUDA_VISIBLE_D
 
 
 @pytest.fixture
-def gd_dist():
-    """Upstream ``dist_util.setup_dist()`` (mpi4py singleton + gloo), torn down and env restored after."""
-    import torch.distributed as dist
-    from guided_diffusion import dist_util
-
+def dist_env():
+    """The torch.distributed environment variables, restored after the test (scripts set them)."""
     saved = {k: os.environ.get(k) for k in _DIST_ENV}
-    dist_util.setup_dist()
     yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def gd_dist(dist_env):
+    """Upstream ``dist_util.setup_dist()`` (mpi4py singleton + gloo), torn down and env restored after."""
+    import torch.distributed as dist
+    from guided_diffusion import dist_util
+
+    dist_util.setup_dist()
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +60,20 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def run_script(load_script):
+    """``run(name, *argv)``: ``scripts/<name>.py``'s main in-process as from the shell (its exit status), the
+    upstream logger closed after."""
+    from guided_diffusion import logger
+
+    from plugins.common.errors import run_main
+
+    def run(name, *argv):
+        code = run_main(load_script(name).main, [str(a) for a in argv])
+        if logger.get_current() is not None:
+            logger.get_current().close()
+        return code
+
+    return run

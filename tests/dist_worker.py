@@ -6,14 +6,13 @@ steps every parameter (the plugin loss parameter included) must match.
 
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
 from guided_diffusion import dist_util
 
 from patches.guided_diffusion import LossTerm, create_seam_diffusion, create_seam_model
-from tests.gd_tiny import TINY_DIFFUSION, TINY_MODEL, batches, endless, seam_loop, seed_all
+from tests.gd_tiny import TINY_DIFFUSION, TINY_MODEL, batches, endless, run_worker, seam_loop, seed_all
 
 
 def main(out_dir):
@@ -33,16 +32,4 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1])
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        # skip C++ static destructors: with mpi4py + gloo about one exit in eight aborts there
-        # ("terminate called without an active exception") after every result is written
-        failed = sys.exc_info()[0] is not None
-        if failed:
-            traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1 if failed else 0)
+    run_worker(main, sys.argv[1])

@@ -1,7 +1,12 @@
 """Tiny guided-diffusion set-ups shared by the seam tests and the two-rank worker."""
 
+import os
+import sys
+import traceback
+
 import numpy as np
 import torch
+import torch.distributed as dist
 from guided_diffusion import logger
 
 from patches.guided_diffusion import (DIFFUSION_DEFAULTS, MODEL_DEFAULTS, SeamTrainLoop, configure_logger,
@@ -42,3 +47,24 @@ def seam_loop(run_dir, data, *, max_steps, seed=0, model=None, diffusion=None, *
 
 def close_logger():
     logger.get_current().close()
+
+
+def run_worker(main, *args) -> None:
+    """Run a multi-rank test worker's ``main(*args)``, tear down the process group and leave with ``os._exit``.
+
+    Skipping the C++ static destructors matters: with mpi4py + gloo about one exit in eight aborted there
+    ("terminate called without an active exception", exit 6) after every result was written.
+    """
+    failed = False
+    try:
+        torch.set_num_threads(1)
+        main(*args)
+    except BaseException:
+        failed = True
+        traceback.print_exc()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1 if failed else 0)

@@ -17,7 +17,6 @@ Each rank writes ``{run}_rank{r}.pt`` (its final state dict) and ``check_rank{r}
 import json
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -28,6 +27,7 @@ from plugins.common.flags import make_parser
 from plugins.segdiff.gradients import pcgrad, rank_average
 from plugins.segdiff.plugin import SegDiffPlugin, segdiff_training_defaults
 from plugins.slice_diffusion.training import run_training
+from tests.gd_tiny import run_worker
 
 TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
         "--num_heads", "1", "--diffusion_steps", "30", "--log_interval", "1", "--modalities", "flair,t2",
@@ -133,17 +133,4 @@ def main(out_dir: str, cohort: str) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        torch.set_num_threads(1)
-        main(sys.argv[1], sys.argv[2])
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        # skip C++ static destructors: with mpi4py + gloo about one exit in eight aborts there
-        # ("terminate called without an active exception") after every result is written
-        failed = sys.exc_info()[0] is not None
-        if failed:
-            traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1 if failed else 0)
+    run_worker(main, sys.argv[1], sys.argv[2])

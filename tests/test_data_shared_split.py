@@ -3,22 +3,9 @@
 import json
 import os
 
-import pytest
-from guided_diffusion import logger
-
-from plugins.common.errors import run_main
-
 TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
         "--num_heads", "1", "--batch_size", "4", "--diffusion_steps", "30", "--modalities", "flair,t2",
         "--max_steps", "1", "--val_fraction", "0.4"]
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES")
-
-
-def _run(load_script, script, *argv):
-    code = run_main(load_script(script).main, [str(a) for a in argv])
-    if logger.get_current() is not None:
-        logger.get_current().close()
-    return code
 
 
 def _subjects(run):
@@ -26,32 +13,20 @@ def _subjects(run):
     return split["train"], split["val"], split["source"]
 
 
-@pytest.fixture
-def restore_env():
-    saved = {k: os.environ.get(k) for k in _DIST_ENV}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def test_all_arms_and_stages_share_one_split(load_script, tiny_cohort, tmp_path, restore_env, capsys):
+def test_all_arms_and_stages_share_one_split(run_script, tiny_cohort, tmp_path, dist_env, capsys):
     csv = tiny_cohort / "name_mapping.csv"
     common = ["--data_dir", tiny_cohort, *TINY, "--cache_dir", tmp_path / "cache"]
     seg = [*common, "--val_timestep_respacing", "ddim3", "--val_num_ensemble", "1"]
     runs = {name: tmp_path / name for name in ("seg_only", "joint", "stage1", "stage2", "stage3", "plain", "dual")}
-    assert _run(load_script, "segmentation_train", *seg, "--use_cls_head", "False",
-                "--out_dir", runs["seg_only"]) == 0
-    assert _run(load_script, "segmentation_train", *seg, "--csv_path", csv, "--out_dir", runs["joint"]) == 0
-    assert _run(load_script, "segmentation_train_staged", "--stage", 1, *seg, "--out_dir", runs["stage1"]) == 0
+    assert run_script("segmentation_train", *seg, "--use_cls_head", "False", "--out_dir", runs["seg_only"]) == 0
+    assert run_script("segmentation_train", *seg, "--csv_path", csv, "--out_dir", runs["joint"]) == 0
+    assert run_script("segmentation_train_staged", "--stage", 1, *seg, "--out_dir", runs["stage1"]) == 0
     for stage in (2, 3):
-        assert _run(load_script, "segmentation_train_staged", "--stage", stage, *seg, "--csv_path", csv,
-                    "--resume_checkpoint", runs[f"stage{stage - 1}"], "--out_dir", runs[f"stage{stage}"]) == 0
-    assert _run(load_script, "train_bea_dual_loss", *common, "--use_bea", "False", "--boundary_loss_weight", "0",
-                "--out_dir", runs["plain"]) == 0
-    assert _run(load_script, "train_bea_dual_loss", *common, "--out_dir", runs["dual"]) == 0
+        assert run_script("segmentation_train_staged", "--stage", stage, *seg, "--csv_path", csv,
+                          "--resume_checkpoint", runs[f"stage{stage - 1}"], "--out_dir", runs[f"stage{stage}"]) == 0
+    assert run_script("train_bea_dual_loss", *common, "--use_bea", "False", "--boundary_loss_weight", "0",
+                      "--out_dir", runs["plain"]) == 0
+    assert run_script("train_bea_dual_loss", *common, "--out_dir", runs["dual"]) == 0
     splits = {name: _subjects(run) for name, run in runs.items()}
     assert len({json.dumps(s) for s in splits.values()}) == 1, splits
     train, val, source = splits["seg_only"]
@@ -61,7 +36,7 @@ def test_all_arms_and_stages_share_one_split(load_script, tiny_cohort, tmp_path,
 
     # a stage initialised from a checkpoint of another split is refused, naming both files
     capsys.readouterr()
-    assert _run(load_script, "segmentation_train_staged", "--stage", 2, *seg, "--csv_path", csv,
-                "--split_seed", 1, "--resume_checkpoint", runs["stage1"], "--out_dir", tmp_path / "other") == 2
+    assert run_script("segmentation_train_staged", "--stage", 2, *seg, "--csv_path", csv,
+                      "--split_seed", 1, "--resume_checkpoint", runs["stage1"], "--out_dir", tmp_path / "other") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "stage1" in err and "split_val0.4_seed1.json" in err

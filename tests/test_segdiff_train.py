@@ -9,10 +9,8 @@ import sys
 
 import pytest
 import torch
-from guided_diffusion import logger
 
 from patches.checkpoints import atomic_save, load_checkpoint
-from plugins.common.errors import run_main
 from plugins.common.run_log import read_case_table, read_jsonl
 from plugins.segdiff.validation import EPOCH_KEYS
 
@@ -21,13 +19,6 @@ TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "
         "--modalities", "flair,t2", "--val_timestep_respacing", "ddim3", "--val_num_ensemble", "2"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "CUDA_VISIBLE_DEVICES")
-
-
-def _run(load_script, script, *argv):
-    code = run_main(load_script(script).main, [str(a) for a in argv])
-    if logger.get_current() is not None:
-        logger.get_current().close()
-    return code
 
 
 def _staged_script(root, cohort):
@@ -45,7 +36,7 @@ def _staged_script(root, cohort):
 
 
 @pytest.fixture(scope="module")
-def runs(load_script, tiny_cohort, tmp_path_factory):
+def runs(run_script, tiny_cohort, tmp_path_factory):
     """The staged shell script (stage 1 without the head, as in the seed's table; 2 steps = 1 epoch a stage)
     and a joint bf16 + PCGrad run (3 steps: the run ends inside its second epoch); the env restored after."""
     saved = {k: os.environ.get(k) for k in _DIST_ENV}
@@ -57,8 +48,8 @@ def runs(load_script, tiny_cohort, tmp_path_factory):
     for stage in (1, 2, 3):
         out[f"stage{stage}"] = root / f"stage{stage}"
     out["joint"] = root / "joint"
-    assert _run(load_script, "segmentation_train", *common[:-1], "3", "--csv_path", csv, "--out_dir", out["joint"],
-                "--use_bf16", "True", "--grad_surgery", "pcgrad") == 0
+    assert run_script("segmentation_train", *common[:-1], "3", "--csv_path", csv, "--out_dir", out["joint"],
+                      "--use_bf16", "True", "--grad_surgery", "pcgrad") == 0
     yield out
     for key, value in saved.items():
         if value is None:
@@ -127,11 +118,11 @@ def test_validation_every_epoch_and_at_the_end(runs):
     assert any(f.startswith("events") for f in os.listdir(runs["joint"] / "tb"))
 
 
-def test_stage_resumes_its_own_run(load_script, runs):
+def test_stage_resumes_its_own_run(run_script, runs):
     i = runs["common"].index("--log_interval")
     plan = runs["common"][:i] + runs["common"][i + 2:-1]  # as the shell script ran it: the plan's intervals
-    assert _run(load_script, "segmentation_train_staged", "--stage", "2", *plan, "3", "--csv_path", runs["csv"],
-                "--resume_checkpoint", runs["stage1"], "--out_dir", runs["stage2"]) == 0
+    assert run_script("segmentation_train_staged", "--stage", "2", *plan, "3", "--csv_path", runs["csv"],
+                      "--resume_checkpoint", runs["stage1"], "--out_dir", runs["stage2"]) == 0
     assert "model000003.pt" in os.listdir(runs["stage2"])
     assert "loading optimizer state" in (runs["stage2"] / "log.txt").read_text()
 
@@ -146,20 +137,20 @@ def test_stage_resumes_its_own_run(load_script, runs):
     ("segmentation_train_staged", ["--stage", "2", "--out_dir", "NEW", "--resume_checkpoint", "stage3"],
      "a checkpoint of stage 3; stage 2 starts from an earlier stage"),
 ])
-def test_checkpoint_of_another_stage_is_refused(load_script, runs, capsys, script, flags, message):
+def test_checkpoint_of_another_stage_is_refused(run_script, runs, capsys, script, flags, message):
     flags = [runs["root"] / f if f in ("stage1", "stage2", "stage3", "NEW") else f for f in flags]
     before = {name: (runs[name] / "config.json").read_text() for name in ("stage1", "stage2", "stage3")}
-    assert _run(load_script, script, *runs["common"], "--csv_path", runs["csv"], *flags) == 2
+    assert run_script(script, *runs["common"], "--csv_path", runs["csv"], *flags) == 2
     assert message in _error(capsys)
     assert before == {name: (runs[name] / "config.json").read_text() for name in ("stage1", "stage2", "stage3")}
     assert not (runs["root"] / "NEW").exists()
 
 
-def test_sampling_ensemble_staple_and_grades(load_script, runs, tmp_path):
+def test_sampling_ensemble_staple_and_grades(run_script, runs, tmp_path):
     out = tmp_path / "eval"
-    assert _run(load_script, "segmentation_sample_v2", "--model_path", runs["joint"] / "model000003.pt",
-                "--num_ensemble", "2", "--timestep_respacing", "ddim3", "--num_eval_cases", "1", "--batch_size", "32",
-                "--out_dir", out, "--num_res_blocks", "1") == 0
+    assert run_script("segmentation_sample_v2", "--model_path", runs["joint"] / "model000003.pt",
+                      "--num_ensemble", "2", "--timestep_respacing", "ddim3", "--num_eval_cases", "1",
+                      "--batch_size", "32", "--out_dir", out, "--num_res_blocks", "1") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["sampler"] == "ddim" and metrics["sampling_steps"] == 3 and metrics["subjects"] == 1
     for key in ("dice", "dice_slice", "staple_dice", "staple_iou", "calib_dice", "acc", "f1_slice",
@@ -171,13 +162,13 @@ def test_sampling_ensemble_staple_and_grades(load_script, runs, tmp_path):
     assert "grid.png" in os.listdir(out)
 
 
-def test_ancestral_sampling_is_reproducible_by_seed(load_script, runs, tmp_path):
+def test_ancestral_sampling_is_reproducible_by_seed(run_script, runs, tmp_path):
     tables = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert _run(load_script, "segmentation_sample_v2", "--model_path", runs["joint"] / "model000003.pt",
-                    "--num_ensemble", "2", "--timestep_respacing", "3", "--num_eval_cases", "1", "--batch_size",
-                    "32", "--out_dir", out, "--num_res_blocks", "1", "--seed", "5") == 0
+        assert run_script("segmentation_sample_v2", "--model_path", runs["joint"] / "model000003.pt",
+                          "--num_ensemble", "2", "--timestep_respacing", "3", "--num_eval_cases", "1", "--batch_size",
+                          "32", "--out_dir", out, "--num_res_blocks", "1", "--seed", "5") == 0
         assert json.loads((out / "metrics.json").read_text())["sampler"] == "ancestral"
         tables.append((out / "cases.csv").read_text())
     assert tables[0] == tables[1]
@@ -203,23 +194,23 @@ def _error(capsys):
     ("segmentation_train_staged", ["--stage", "3", "--csv_path", "X", "--use_cls_head", "False",
                                    "--resume_checkpoint", "X"], "--stage 3 --use_cls_head False"),
 ])
-def test_bad_input_exits_2_with_one_line(load_script, tiny_cohort, tmp_path, capsys, script, flags, message):
-    assert _run(load_script, script, "--data_dir", tiny_cohort, *TINY, "--max_steps", "1",
-                "--out_dir", tmp_path / "bad", *flags) == 2
+def test_bad_input_exits_2_with_one_line(run_script, tiny_cohort, tmp_path, capsys, script, flags, message):
+    assert run_script(script, "--data_dir", tiny_cohort, *TINY, "--max_steps", "1",
+                      "--out_dir", tmp_path / "bad", *flags) == 2
     assert message in _error(capsys)
     assert not (tmp_path / "bad").exists()
 
 
-def test_checkpoint_of_another_architecture_is_named(load_script, runs, tiny_cohort, tmp_path, capsys):
+def test_checkpoint_of_another_architecture_is_named(run_script, runs, tiny_cohort, tmp_path, capsys):
     other = tmp_path / "other"
     state = {k: v for k, v in load_checkpoint(str(runs["stage1"] / "model000002.pt")).items()
              if not k.startswith("calib_head.")}
     atomic_save(state, str(other / "model000002.pt"))
-    assert _run(load_script, "segmentation_train_staged", "--stage", "2", *runs["common"], "--csv_path", runs["csv"],
-                "--resume_checkpoint", other, "--out_dir", tmp_path / "bad") == 2
+    assert run_script("segmentation_train_staged", "--stage", "2", *runs["common"], "--csv_path", runs["csv"],
+                      "--resume_checkpoint", other, "--out_dir", tmp_path / "bad") == 2
     line = _error(capsys)
     assert "another architecture" in line and "missing: calib_head" in line
     assert not (tmp_path / "bad").exists()
-    assert _run(load_script, "segmentation_sample_v2", "--model_path", runs["joint"] / "model000003.pt",
-                "--num_channels", "64") == 2
+    assert run_script("segmentation_sample_v2", "--model_path", runs["joint"] / "model000003.pt",
+                      "--num_channels", "64") == 2
     assert "--num_channels 64 (the checkpoint has 32)" in _error(capsys)
