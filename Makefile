@@ -24,7 +24,7 @@ $(DEMO_DATA)/brats/name_mapping.csv: | venv
 	$(PY) scripts/make_demo_data.py --out_dir $(DEMO_DATA)
 
 demo: venv $(DEMO_DATA)/brats/name_mapping.csv
-	$(PY) scripts/reproduce.py --quick --data_dir $(DEMO_DATA) --out_dir $(DEMO_REPORT)
+	$(PY) scripts/reproduce.py --scale quick --data_dir $(DEMO_DATA) --out_dir $(DEMO_REPORT)
 	@echo "report: $(DEMO_REPORT)/index.html (one verdict per seed claim; each comparison's report linked)"
 
 test: venv

@@ -1,9 +1,10 @@
 """Reproduce every seed's claim on the embedded data: run each comparison through the project's scripts,
 write its compare_runs report, and an index page with one verdict line per claim.
 
-    python scripts/reproduce.py --quick                 # minutes on a 2-core CPU (tiny models, 2 seeds)
-    python scripts/reproduce.py --seeds 3               # default scale: the seeds' sizes, meant for a GPU
-    python scripts/reproduce.py --quick --only bea,sr   # a subset of: bea, autoencoder, segmentation, sr, backbones
+    python scripts/reproduce.py --scale quick              # minutes on a 2-core CPU: the pipelines run end to end
+    python scripts/reproduce.py --scale cpu                # hours on a 2-core CPU: every baseline learns its task
+    python scripts/reproduce.py --scale default --seeds 3  # the seeds' sizes, meant for a GPU
+    python scripts/reproduce.py --scale cpu --only sr      # a subset of: bea, autoencoder, segmentation, sr, backbones
 
 Resumable: run the same command again and finished steps are skipped, interrupted runs continue from
 their last checkpoint. Writes OUT_DIR/index.html (verdicts + links), OUT_DIR/<comparison>/index.html
@@ -15,7 +16,7 @@ import os
 import sys
 
 from plugins.common.errors import InputError, run_main
-from plugins.reproduce import COMPARISONS, Context, reproduce
+from plugins.reproduce import COMPARISONS, DEFAULT_SEEDS, SCALES, Context, reproduce
 from plugins.reproduce.jobs import Job, run_jobs
 
 DEMO_KINDS = {"brats": "brats/name_mapping.csv", "filaments": "filaments/images", "sr": "sr/meta.json"}
@@ -24,9 +25,14 @@ DEMO_KINDS = {"brats": "brats/name_mapping.csv", "filaments": "filaments/images"
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the CPU-sized scale (tiny models, few steps)")
-    parser.add_argument("--seeds", type=int, default=0, help="seeds per variant (0: 2 with --quick, else 3)")
-    parser.add_argument("--out_dir", default="", help="default: reports/reproduce_quick or reports/reproduce")
+    parser.add_argument("--scale", choices=SCALES, default="default",
+                        help="quick: tiny models, minutes on a CPU (runs end to end, learns nothing); cpu: the "
+                             "smallest sizes where each baseline is competent, hours on 2 cores; default: the "
+                             "seeds' sizes (GPU)")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="seeds per variant (0: the scale's own number, " +
+                             ", ".join(f"{k} {v}" for k, v in DEFAULT_SEEDS.items()) + ")")
+    parser.add_argument("--out_dir", default="", help="the reproduction folder (default: reports/reproduce_<scale>)")
     parser.add_argument("--data_dir", default="data/demo", help="the embedded data (built here when missing)")
     parser.add_argument("--only", default=",".join(COMPARISONS), help="comma-separated comparisons to run")
     parser.add_argument("--threads", type=int, default=1,
@@ -51,10 +57,9 @@ def main(argv=None):
         raise InputError(f"--only: got {args.only!r}; expected a comma-separated subset of {', '.join(COMPARISONS)}")
     if args.seeds < 0 or args.threads < 0:
         raise InputError("--seeds and --threads: expected integers >= 0")
-    seeds = args.seeds or (2 if args.quick else 3)
-    scale = "quick" if args.quick else "default"
-    root = os.path.abspath(args.out_dir or os.path.join("reports", "reproduce_quick" if args.quick else "reproduce"))
-    ctx = Context(root=root, data_dir=os.path.abspath(args.data_dir), scale=scale, seeds=list(range(seeds)))
+    seeds = args.seeds or DEFAULT_SEEDS[args.scale]
+    root = os.path.abspath(args.out_dir or os.path.join("reports", f"reproduce_{args.scale}"))
+    ctx = Context(root=root, data_dir=os.path.abspath(args.data_dir), scale=args.scale, seeds=list(range(seeds)))
     ensure_demo_data(ctx.data_dir, root, args.threads)
     index = reproduce(ctx, keys, threads=args.threads, resamples=args.resamples)
     print(f"\nreport: {index}")

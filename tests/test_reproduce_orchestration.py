@@ -39,11 +39,13 @@ def test_reports_index_and_verdicts(reproduction):
     entry = verdicts["comparisons"][0]
     assert verdicts["scale"] == "quick" and entry["key"] == "bea"
     assert entry["verdict"] == UNTESTABLE  # two training steps: the baseline cannot pass its gates
-    assert [g["passed"] for g in entry["gates"]] == [False, False]
+    assert [g["passed"] for g in entry["gates"]] == [False, False, False]  # 5 x prevalence, 0.3, image accuracy
+    assert [r["label"] for r in entry["reported"]] == ["FLAIR thresholding's AUPRC",
+                                                       "FLAIR thresholding's image accuracy"]
     assert all(c["verdict"] == INCONCLUSIVE for c in entry["checks"])  # one seed, pooled AUPRC: no interval
     html = (root / "index.html").read_text()
     assert "Scale: quick scale" in html and "bea/index.html" in html and "untestable at this scale" in html
-    assert "gate bea_mse fpdm/mixed.auprc" in html
+    assert "gate bea_mse fpdm/mixed.auprc" in html and "reported: FLAIR thresholding&#x27;s AUPRC" in html
     report = json.loads((root / "bea" / "summary.json").read_text())
     assert list(report["groups"]) == ["plain", "bea_mse", "bea_dual"] and "fpdm/mixed.auprc" in report["metrics"]
     assert set(report["config_diff"]) == {"use_bea", "boundary_loss_weight"}
@@ -61,6 +63,19 @@ def test_resumes_from_finished_parts(reproduction):
     assert list(timings) == ["bea/bea_dual_s0/fpdm"]
 
 
+def test_one_comparison_at_a_time_keeps_the_others_verdicts(reproduction):
+    """``--only bea`` again: the folder's earlier verdict of another comparison stays in verdicts.json and the index."""
+    ctx, root, _ = reproduction
+    path = root / "verdicts.json"
+    saved = json.loads(path.read_text())
+    other = {**saved["comparisons"][0], "key": "sr", "title": "Seed 003 (an earlier --only sr)"}
+    path.write_text(json.dumps({**saved, "comparisons": [other, *saved["comparisons"]]}))
+    reproduce(ctx, ["bea"])
+    assert [e["key"] for e in json.loads(path.read_text())["comparisons"]] == ["bea", "sr"]
+    assert "Seed 003 (an earlier --only sr)" in (root / "index.html").read_text()
+    path.write_text(json.dumps(saved))
+
+
 def test_a_different_scale_is_refused_and_a_failed_step_names_its_log(reproduction, capsys):
     ctx, root, _ = reproduction
     with pytest.raises(InputError, match="holds a 'quick' reproduction"):
@@ -73,7 +88,7 @@ def test_a_different_scale_is_refused_and_a_failed_step_names_its_log(reproducti
 
 
 def test_cli_refuses_unknown_comparisons(load_script, capsys):
-    assert run_main(load_script("reproduce").main, ["--quick", "--only", "bea,nope"]) == 2
+    assert run_main(load_script("reproduce").main, ["--scale", "quick", "--only", "bea,nope"]) == 2
     assert "--only: got 'bea,nope'; expected a comma-separated subset of bea, autoencoder" in capsys.readouterr().err
 
 

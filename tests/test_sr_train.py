@@ -64,25 +64,35 @@ def test_pixel_entry_defaults_and_overrides():
 def test_pixel_run_end_to_end_then_sample(env, capsys):
     out = str(env["root"] / "pixel")
     argv = train_argv(env["data"], env["vae"], env["yaml"], out, 3, "--pixel_loss_max_t", "0.6",
-                      "--pixel_adaptive_weight", "True", "--lpl_weight", "0.1", "--lpl_max_t", "0.6")
+                      "--pixel_adaptive_weight", "True", "--lpl_weight", "0.1", "--lpl_max_t", "0.6",
+                      "--validation_steps", "2", "--validation_samples", "3", "--validation_inference_steps", "2")
     assert run_main(train_sr_pixel.pixel_main, argv) == 0
     records = read_jsonl(os.path.join(out, "metrics_step.jsonl"))
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(0.0 <= r["pixel_fraction"] <= 1.0 and "loss_pixel" in r and "loss_lpl" in r for r in records)
     assert all(0.0 <= r["pixel_grad_share"] <= 1.0 for r in records)
+    assert [r["step"] for r in records if "val_psnr" in r] == [2, 3]  # every 2 steps and at the end
     assert json.load(open(os.path.join(out, "config.json")))["pixel_loss_type"] == "l2"
     eval_dir = str(env["root"] / "eval")
     assert run_main(sample_sr.main, ["--model_path", out, "--data_dir", env["data"], "--out_dir", eval_dir,
                                      "--num_inference_steps", "2"]) == 0
     scores = json.load(open(os.path.join(eval_dir, "metrics.json")))
     metrics = {"psnr", "ssim", "ms_ssim", "nrmse", "psnr_pooled"}
-    assert metrics <= set(scores) and set(scores["reference_bicubic"]) == metrics
+    assert metrics <= set(scores) and set(scores["reference_bicubic"]) == set(scores["reference_vae"]) == metrics
     rows = read_case_table(os.path.join(eval_dir, "cases.csv"))
     assert len(rows) == scores["num_images"] == SRPairDataset(env["data"], "val").num_paired()
     assert {"case", "subject", "psnr", "ssim", "nrmse", "bicubic_psnr", "bicubic_ssim", "bicubic_nrmse"} <= set(rows[0])
     for key in ("psnr", "nrmse"):  # the metric is the mean of the per-image values
         assert scores[key] == pytest.approx(np.mean([r[key] for r in rows]), rel=1e-6)
         assert scores["reference_bicubic"][key] == pytest.approx(np.mean([r[f"bicubic_{key}"] for r in rows]), rel=1e-6)
+        assert scores["reference_vae"][key] == pytest.approx(np.mean([r[f"vae_{key}"] for r in rows]), rel=1e-6)
+    # the last validation scored what sample_sr scores: the saved (EMA) weights on the same pairs and noise
+    check_dir = str(env["root"] / "eval_check")
+    assert run_main(sample_sr.main, ["--model_path", out, "--data_dir", env["data"], "--out_dir", check_dir,
+                                     "--num_inference_steps", "2", "--max_samples", "3", "--batch_size", "4"]) == 0
+    check = json.load(open(os.path.join(check_dir, "metrics.json")))
+    assert records[-1]["val_psnr"] == pytest.approx(check["psnr"], rel=1e-5)
+    assert records[-1]["val_ssim"] == pytest.approx(check["ssim"], rel=1e-5)
     assert scores["sampling_s_per_image"] > 0
     assert os.path.getsize(os.path.join(eval_dir, "sr_grid.png")) > 0
     weights = scores["scored_weights"]  # diffusers' EMAModel after 3 updates: decays 0, 2/11, 3/12
@@ -124,6 +134,8 @@ def _refused(env, capsys, extra, match, yaml_path=None, data=None, vae=None):
     (["--pixel_loss_max_t", "1.2"], ["--pixel_loss_max_t", "(0, 1]"]),
     (["--pixel_loss_type", "huber"], ["--pixel_loss_type", "l1, l2"]),
     (["--backbone", "vit"], ["--backbone", "unet, dit, hybrid"]),
+    (["--validation_steps", "-1"], ["--validation_steps", ">= 0"]),
+    (["--validation_inference_steps", "0"], ["--validation_inference_steps", "positive"]),
 ])
 def test_bad_flags_are_refused(env, capsys, extra, match):
     _refused(env, capsys, extra, match)

@@ -6,7 +6,9 @@ averaged over the images (the per-case table's rows): PSNR = 10 log10(1 / MSE_i)
 RMSE_i / (max - min of HR image i). ``psnr_pooled`` is the data-set PSNR (squared error pooled over
 all images). MS-SSIM uses the first scales of the standard ``(0.0448, 0.2856, 0.3001, 0.2363, 0.1333)``
 that fit the image size (re-normalised). The bicubic reference's figures sit under
-``reference_bicubic`` (and as ``bicubic_*`` columns of the case table).
+``reference_bicubic`` (and as ``bicubic_*`` columns of the case table); the frozen VAE's own
+reconstruction of the high-res image, ``decode(encode(hr))`` (the ceiling of any latent SR model), under
+``reference_vae`` (``vae_*`` columns).
 ``sampling_s_per_image`` times the pipeline calls alone (``torch.cuda.synchronize`` around each call on a
 GPU; data reads, bicubic and metrics outside the timer; the first call's start-up included:
 ``scripts/benchmark_backbones.py`` times warmed-up, interleaved calls).
@@ -37,6 +39,7 @@ from patches.ema import ema_summary  # noqa: E402
 from plugins.backbones.registry import check_denoiser_fits  # noqa: E402
 from plugins.common.errors import InputError  # noqa: E402
 from plugins.common.run_log import CONFIG_FILE, STEP_METRICS, read_config, read_jsonl  # noqa: E402
+from plugins.latent_sr import codec  # noqa: E402
 from plugins.latent_sr.pipeline import SRFlowPipeline, upsample  # noqa: E402
 
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -144,12 +147,12 @@ def _sync(device) -> None:
 
 @torch.no_grad()
 def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: int = 8, seed: int = 0,
-                      max_samples: int = 0) -> tuple[dict, list[dict], dict]:
+                      max_samples: int = 0, progress: bool = True) -> tuple[dict, list[dict], dict]:
     """Per-image metrics of SR and bicubic on ``dataset``'s paired samples, the case rows, the first batch.
 
     Returns ``(metrics, rows, images)``: ``metrics`` = the SR means (module docstring), ``psnr_pooled``,
-    ``reference_bicubic``, ``num_images``, ``sampling_s_per_image``; ``rows`` one dict per image
-    (``case`` = the pair's file name, ``subject`` = the same, SR and ``bicubic_*`` metrics); ``images``
+    ``reference_bicubic``, ``reference_vae``, ``num_images``, ``sampling_s_per_image``; ``rows`` one dict per
+    image (``case`` = the pair's file name, ``subject`` = the same, SR, ``bicubic_*`` and ``vae_*`` metrics); ``images``
     the first batch's ``low_res``, ``bicubic``, ``sr``, ``high_res``.
     """
     if dataset.scale != pipe.config.scale:
@@ -163,8 +166,8 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
     batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     device = pipe.denoiser.device
     generator = torch.Generator().manual_seed(seed)
-    sr_scores, bic_scores, names, first, seconds = {}, {}, [], {}, 0.0
-    for idx in tqdm(batches, desc="sample_sr"):
+    sr_scores, bic_scores, vae_scores, names, first, seconds = {}, {}, {}, [], {}, 0.0
+    for idx in tqdm(batches, desc="sample_sr", disable=not progress):
         items = [dataset[i] for i in idx]
         low = torch.stack([it["lr"] for it in items])
         high = torch.stack([it["hr"] for it in items])
@@ -175,15 +178,19 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
         seconds += time.perf_counter() - start
         sr = sr.cpu()
         bicubic = upsample(low, dataset.scale)
-        for store, pred in ((sr_scores, sr), (bic_scores, bicubic)):
+        pixel_range = pipe.config.pixel_range
+        autoencoded = codec.decode(pipe.vae, codec.encode(pipe.vae, high.to(device), pixel_range), pixel_range)
+        for store, pred in ((sr_scores, sr), (bic_scores, bicubic), (vae_scores, autoencoded.clamp(0.0, 1.0))):
             for k, v in image_scores(pred, high).items():
                 store.setdefault(k, []).extend(v)
         names.extend(os.path.splitext(dataset.names[i])[0] for i in idx)
         if not first:
             first = {"low_res": upsample_nearest(low, dataset.scale), "bicubic": bicubic, "sr": sr, "high_res": high}
     rows = [{"case": name, "subject": name, **{k: sr_scores[k][j] for k in METRICS},
-             **{f"bicubic_{k}": bic_scores[k][j] for k in METRICS}} for j, name in enumerate(names)]
-    metrics = {**summarise(sr_scores), "reference_bicubic": summarise(bic_scores), "num_images": len(indices),
+             **{f"bicubic_{k}": bic_scores[k][j] for k in METRICS}, **{f"vae_{k}": vae_scores[k][j] for k in METRICS}}
+            for j, name in enumerate(names)]
+    metrics = {**summarise(sr_scores), "reference_bicubic": summarise(bic_scores),
+               "reference_vae": summarise(vae_scores), "num_images": len(indices),
                "sampling_s_per_image": seconds / len(indices)}
     return metrics, rows, first
 

@@ -34,6 +34,7 @@ from plugins.common.run_log import STEP_METRICS, MetricsLog, truncate_metrics, w
 from plugins.common.yaml_io import safe_load_unique
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr import codec
+from plugins.latent_sr.evaluate import evaluate_pipeline
 from plugins.latent_sr.objective import LOSS_DEFAULTS, LOSS_HELP, SRFlowObjective, check_loss_config
 from plugins.latent_sr.pipeline import SRFlowPipeline, default_scheduler
 
@@ -59,6 +60,9 @@ SR_DEFAULTS = dict(
     checkpointing_steps=500,
     checkpoints_total_limit=3,
     log_every=10,
+    validation_steps=0,
+    validation_samples=16,
+    validation_inference_steps=10,
     report_to="tensorboard",
     num_workers=0,
 )
@@ -84,6 +88,9 @@ SR_HELP = dict(
     checkpointing_steps="steps between accelerate checkpoints",
     checkpoints_total_limit="checkpoints kept (older ones removed)",
     log_every="steps between logged metrics",
+    validation_steps="steps between validation scores on the val pairs, logged as val_psnr/val_ssim (0: off)",
+    validation_samples="val pairs sampled at each validation (0: all)",
+    validation_inference_steps="Euler steps per validation sample",
     report_to="accelerate tracker, e.g. tensorboard (empty: none)",
     num_workers="DataLoader worker processes (0 = load in the main process)",
 )
@@ -133,6 +140,12 @@ def check_config(cfg: dict) -> None:
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every"):
         if cfg[key] < 1:
             raise InputError(f"--{key}: expected a positive integer, got {cfg[key]}")
+    for key in ("validation_steps", "validation_samples"):
+        if cfg[key] < 0:
+            raise InputError(f"--{key}: expected an integer >= 0, got {cfg[key]}")
+    if cfg["validation_inference_steps"] < 1:
+        raise InputError(f"--validation_inference_steps: expected a positive integer, got "
+                         f"{cfg['validation_inference_steps']}")
     if not cfg["out_dir"]:
         raise InputError("--out_dir/--output_dir: required (the run directory)")
     if not (math.isfinite(cfg["lr"]) and cfg["lr"] > 0):
@@ -198,13 +211,26 @@ def save_checkpoint(accelerator: Accelerator, ema, cfg: dict, step: int) -> str:
     return final
 
 
-def save_pipeline(denoiser, vae, ema, cfg: dict, scale: int) -> str:
-    """The EMA (or raw) denoiser, the VAE and the sampler as one ``save_pretrained`` folder."""
-    model = copy.deepcopy(denoiser).to("cpu")
+def scored_pipeline(denoiser, vae, ema, cfg: dict, scale: int, device="cpu") -> SRFlowPipeline:
+    """A pipeline around a copy of the EMA (or raw) denoiser: the weights an evaluation scores."""
+    model = copy.deepcopy(denoiser).to(device)
     if ema is not None:
         ema.copy_to(model.parameters())
-    pipe = SRFlowPipeline(model, vae.to("cpu"), default_scheduler(cfg["timestep_shift"]),
+    return SRFlowPipeline(model.eval(), vae.to(device), default_scheduler(cfg["timestep_shift"]),
                           pixel_range=cfg["vae_pixel_range"], scale=scale)
+
+
+def validate(denoiser, vae, ema, cfg: dict, val: SRPairDataset, device) -> dict:
+    """``{val_psnr, val_ssim}``: means over ``--validation_samples`` val pairs of the scored weights' samples."""
+    pipe = scored_pipeline(denoiser, vae, ema, cfg, val.scale, device)
+    scores, _, _ = evaluate_pipeline(pipe, val, cfg["validation_inference_steps"], cfg["batch_size"], cfg["seed"],
+                                     cfg["validation_samples"], progress=False)
+    return {"val_psnr": scores["psnr"], "val_ssim": scores["ssim"]}
+
+
+def save_pipeline(denoiser, vae, ema, cfg: dict, scale: int) -> str:
+    """The EMA (or raw) denoiser, the VAE and the sampler as one ``save_pretrained`` folder."""
+    pipe = scored_pipeline(denoiser, vae, ema, cfg, scale)
     final, tmp = os.path.join(cfg["out_dir"], PIPELINE_DIR), os.path.join(cfg["out_dir"], f".tmp-{PIPELINE_DIR}")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
@@ -218,6 +244,7 @@ def train(cfg: dict) -> dict:
     check_config(cfg)
     set_seed(cfg["seed"])
     dataset, vae, denoiser = build_components(cfg)
+    val = SRPairDataset(cfg["data_dir"], "val") if cfg["validation_steps"] else None
     resume = resolve_resume(cfg)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg["gradient_accumulation_steps"], mixed_precision=cfg["mixed_precision"],
@@ -281,7 +308,11 @@ def train(cfg: dict) -> dict:
             progress.update(1)
             values = {k: float(v) for k, v in logs.items()} | {"lr": lr_scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{values['loss']:.4f}")
-            if step % cfg["log_every"] == 0 or step == cfg["max_steps"]:
+            if cfg["validation_steps"] and accelerator.is_main_process and (
+                    step % cfg["validation_steps"] == 0 or step == cfg["max_steps"]):
+                values.update(validate(accelerator.unwrap_model(denoiser), vae, ema, cfg, val, accelerator.device))
+                denoiser.train()
+            if step % cfg["log_every"] == 0 or step == cfg["max_steps"] or "val_psnr" in values:
                 accelerator.log(values, step=step)
                 metrics.log_step(step, values)
             if step % cfg["checkpointing_steps"] == 0 or step == cfg["max_steps"]:

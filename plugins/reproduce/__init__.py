@@ -13,13 +13,15 @@ import json
 import os
 
 from plugins.common.errors import InputError
+from plugins.common.run_log import write_json_atomic
 from plugins.report import compare, read_groups, terminal_summary, write_report
-from plugins.reproduce.claims import check_line, claim_verdict, evaluate_check, evaluate_gate, gate_line
-from plugins.reproduce.comparisons import COMPARISONS, SCALES, Context
+from plugins.reproduce.claims import (check_line, claim_verdict, evaluate_check, evaluate_gate, evaluate_reported,
+                                      gate_line, reported_line)
+from plugins.reproduce.comparisons import COMPARISONS, DEFAULT_SEEDS, SCALES, Context
 from plugins.reproduce.index import write_index
 from plugins.reproduce.jobs import Job, JobFailed, run_jobs
 
-__all__ = ["COMPARISONS", "SCALES", "Context", "Job", "JobFailed", "check_scale", "reproduce"]
+__all__ = ["COMPARISONS", "DEFAULT_SEEDS", "SCALES", "Context", "Job", "JobFailed", "check_scale", "reproduce"]
 
 SCALE_FILE = "scale.json"
 
@@ -39,9 +41,7 @@ def check_scale(ctx: Context) -> None:
 
 
 def scale_note(ctx: Context) -> str:
-    what = ("quick scale: tiny models, few steps, CPU-sized; numbers show the pipelines work, not the methods' "
-            "merit" if ctx.scale == "quick" else "default scale: the seeds' model sizes, thousands of steps (GPU)")
-    return f"Scale: {what}. Seeds: {', '.join(map(str, ctx.seeds))}."
+    return f"Scale: {ctx.scale} scale: {SCALES[ctx.scale]}. Seeds: {', '.join(map(str, ctx.seeds))}."
 
 
 def job_seconds(root: str, jobs: list[Job]) -> float:
@@ -62,6 +62,7 @@ def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000
     report = os.path.join(ctx.root, key)
     write_report(groups, result, report, comp.title, scale_note(ctx) + f" Claim: {comp.claim}")
     gates = [evaluate_gate(g, groups) for g in comp.gates]
+    reported = [evaluate_reported(r, groups) for r in comp.reported]
     checks = []
     for check in comp.checks:
         why = result["not_comparable"].get(check.variant) or result["not_comparable"].get(check.baseline)
@@ -69,16 +70,30 @@ def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000
                       if why else evaluate_check(check, groups, resamples=resamples))
     print(f"\n{comp.title}\n{terminal_summary(result)}")
     entry = {"key": key, "title": comp.title, "claim": comp.claim, "verdict": claim_verdict(checks, gates),
-             "gates": gates, "checks": checks, "report": report, "seconds": job_seconds(ctx.root, jobs)}
+             "gates": gates, "reported": reported, "checks": checks, "report": report,
+             "seconds": job_seconds(ctx.root, jobs)}
     print(f"verdict: {entry['verdict']}\n" + "\n".join(f"  {line}" for line in
-                                                        [*map(gate_line, gates), *map(check_line, checks)]))
+                                                        [*map(gate_line, gates), *map(reported_line, reported),
+                                                         *map(check_line, checks)]))
     return entry
 
 
 def reproduce(ctx: Context, keys: list[str], threads: int = 1, resamples: int = 10_000) -> str:
-    """Run the comparisons ``keys`` in order and write the index; returns ``index.html``'s path."""
+    """Run the comparisons ``keys`` in order and write the index; returns ``index.html``'s path.
+
+    The folder's earlier verdicts of other comparisons (same scale and seeds) stay in ``verdicts.json`` and
+    the index, so the table can be filled one comparison at a time (``--only``).
+    """
     check_scale(ctx)
-    entries = [run_comparison(ctx, key, threads, resamples) for key in keys]
-    with open(os.path.join(ctx.root, "verdicts.json"), "w") as f:
-        json.dump({"scale": ctx.scale, "seeds": ctx.seeds, "comparisons": entries}, f, indent=2)
+    path = os.path.join(ctx.root, "verdicts.json")
+    earlier = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("seeds") == ctx.seeds:
+            earlier = {e["key"]: e for e in saved["comparisons"]}
+    for key in keys:
+        earlier[key] = run_comparison(ctx, key, threads, resamples)
+        entries = [earlier[k] for k in COMPARISONS if k in earlier]
+        write_json_atomic(path, {"scale": ctx.scale, "seeds": ctx.seeds, "comparisons": entries}, indent=2)
     return write_index(ctx.root, entries, scale_note(ctx))

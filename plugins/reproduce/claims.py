@@ -1,6 +1,6 @@
 """Verdicts on a seed's claim from the runs of its comparison, behind a competence gate.
 
-A claim first names its :class:`Gate`s: the baseline must beat a trivial reference (FLAIR thresholding,
+A claim first names its :class:`Gate`s (and :class:`Reported` figures shown beside them): the baseline must beat a trivial reference (FLAIR thresholding,
 a random map, bicubic upsampling, the all-black reconstruction) measured on the same validation cases,
 ``mean(arm metric) > factor * mean(reference) + margin`` (``<`` for ``lower``). While any gate fails the
 verdict is "untestable at this scale", with the numbers: an experiment whose baseline never learned
@@ -71,6 +71,25 @@ def evaluate_gate(gate: Gate, groups: dict) -> dict:
     passed = value > threshold if gate.direction == "higher" else value < threshold
     out.update(passed=bool(passed), value=value, threshold=threshold)
     return out
+
+
+@dataclass
+class Reported:
+    """A figure shown beside the gates without gating: the mean of ``metric`` over ``arm``'s runs."""
+
+    arm: str
+    metric: str
+    label: str
+
+
+def evaluate_reported(item: Reported, groups: dict) -> dict:
+    values = [r.final[item.metric] for r in groups.get(item.arm, []) if item.metric in r.final]
+    return {"label": item.label, "arm": item.arm, "metric": item.metric,
+            "value": sum(values) / len(values) if values else None}
+
+
+def reported_line(r: dict) -> str:
+    return f"reported: {r['label']} ({r['arm']} {r['metric']}): {fmt(r['value']) if r['value'] is not None else 'missing'}"
 
 
 def gate_line(g: dict) -> str:

@@ -4,7 +4,9 @@ Every comparison knows its variants (the first is the report's baseline), the cl
 (:mod:`plugins.reproduce.claims`), and ``plan(ctx)``: the :class:`Job`s that build its run
 directories for each seed (training, then evaluation into the run directory) and
 ``{variant: [run dir per seed]}``. Run directories live in ``ROOT/runs/<comparison>/<variant>_s<seed>``.
-Two scales: ``quick`` (tiny models, few steps: minutes on a 2-core CPU) and ``default`` (the seeds'
+Three scales (:data:`SCALES`): ``quick`` (tiny models, few steps: minutes on a 2-core CPU; the pipelines run
+end to end and learn nothing), ``cpu`` (the smallest sizes and step counts where each baseline passes its
+competence gate on the embedded data: at most an hour per comparison on 2 cores) and ``default`` (the seeds'
 model sizes, thousands of steps: meant for a GPU).
 """
 
@@ -16,10 +18,16 @@ from dataclasses import dataclass, field
 import yaml
 
 from plugins.backbones.registry import TINY_BACKBONES, TINY_SEED_RATIO_BACKBONES
-from plugins.reproduce.claims import Check, Gate
+from plugins.reproduce.claims import Check, Gate, Reported
 from plugins.reproduce.jobs import Job
 
-SCALES = ("quick", "default")
+#: Each scale's description (the reports' scale line) and its default number of seeds per variant.
+SCALES = {"quick": "tiny models, few steps, minutes on a 2-core CPU; the pipelines run end to end, the numbers "
+                   "say nothing of the methods' merit",
+          "cpu": "the smallest models and step counts where each baseline is competent on the embedded data, "
+                 "at most an hour per comparison on a 2-core CPU",
+          "default": "the seeds' model sizes, thousands of steps (GPU)"}
+DEFAULT_SEEDS = {"quick": 2, "cpu": 2, "default": 3}
 GUIDED_TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
                "--num_heads", "1", "--diffusion_steps", "100"]
 AE_TINY = ["--autoencoder.num_channels", "[8, 16]", "--autoencoder.attention_levels", "[false, false]",
@@ -97,6 +105,7 @@ class Comparison:
     claim: str
     variants: list
     gates: list  # the baseline's competence gates (claims.Gate)
+    reported: list  # figures shown beside the gates, not gating (claims.Reported)
     checks: list
     plan: object  # (ctx) -> (jobs, {variant: [run dirs]})
 
@@ -228,10 +237,12 @@ COMPARISONS = {c.key: c for c in [
     Comparison("bea", "Seed 000: BEA dual loss vs MSE-only (FPDM anomaly maps)",
                "The boundary-aware dual loss raises FPDM pixel AUPRC over the BEA MSE-only baseline.",
                ["plain", "bea_mse", "bea_dual"],
-               [Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_random_auprc", factor=2.0,
+               [Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_random_auprc", factor=5.0,
                      label="the random map's AUPRC (the lesion prevalence in the brain)"),
-                Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_flair.mixed.auprc",
-                     label="FLAIR thresholding's AUPRC")],
+                Gate("bea_mse", "fpdm/mixed.auprc", reference=0.3),
+                Gate("bea_mse", "fpdm/mixed.image_accuracy", reference=0.75)],
+               [Reported("bea_mse", "fpdm/reference_flair.mixed.auprc", "FLAIR thresholding's AUPRC"),
+                Reported("bea_mse", "fpdm/reference_flair.mixed.image_accuracy", "FLAIR thresholding's image accuracy")],
                [Check("fpdm/mixed.auprc", "bea_dual", "bea_mse", min_effect=0.005),
                 Check("fpdm/unhealthy.auprc", "bea_dual", "bea_mse", min_effect=0.005)],
                _bea_plan),
@@ -239,8 +250,11 @@ COMPARISONS = {c.key: c for c in [
                "Weighted and combined reconstruction losses stop all-black reconstructions: higher foreground "
                "Dice than l1, with a predicted/true foreground volume ratio within [0.5, 2] (not over-painted).",
                ["l1", "weighted", "combined"],
-               [Gate("l1", "eval/psnr", "eval/reference_black.psnr", margin=1.0,
-                     label="the all-black reconstruction's PSNR")],
+               [Gate("weighted", "eval/fg_dice", reference=0.5),
+                Gate("weighted", "eval/fg_volume_ratio", reference=0.5),
+                Gate("weighted", "eval/fg_volume_ratio", reference=2.0, direction="lower")],
+               [*(Reported(arm, "eval/psnr", f"{arm} reconstruction PSNR (dB)") for arm in ("l1", "weighted")),
+                Reported("l1", "eval/reference_black.psnr", "the all-black reconstruction's PSNR (dB)")],
                [Check("eval/case.fg_dice", "weighted", "l1", min_effect=0.01),
                 Check("eval/case.fg_dice", "combined", "l1", min_effect=0.01),
                 *(Check("eval/case.fg_volume_ratio", v, None, direction=d, reference=r)
@@ -251,16 +265,21 @@ COMPARISONS = {c.key: c for c in [
                "adding a classifier better than chance (AUC > 0.5).",
                ["seg_only", "joint", "staged"],
                # validation/: the end-of-run validation; case.dice = each subject's volume Dice of the sampled masks
-               [Gate("seg_only", "validation/case.dice", "validation/case.reference_flair",
+               [Gate("seg_only", "validation/case.dice", reference=0.7),
+                Gate("seg_only", "validation/case.dice", "validation/case.reference_flair",
                      label="FLAIR thresholding's Dice")],
+               [],
                [Check("validation/case.dice", "staged", "seg_only", margin=0.02),
                 Check("validation/auc_slice", "staged", None, reference=0.5, min_effect=0.05)],
                _seg_plan),
     Comparison("sr", "Seed 003: SR diffusion-only vs the pixel-space loss branch",
                "The pixel-space loss raises PSNR and SSIM of latent rectified-flow SR.",
                ["diffusion_only", "pixel_loss"],
-               [Gate("diffusion_only", "eval/psnr", "eval/reference_bicubic.psnr", label="bicubic PSNR"),
-                Gate("diffusion_only", "eval/ssim", "eval/reference_bicubic.ssim", label="bicubic SSIM")],
+               [Gate("diffusion_only", "eval/reference_vae.psnr", "eval/reference_bicubic.psnr", margin=3.0,
+                     label="bicubic PSNR"),
+                Gate("diffusion_only", "eval/psnr", "eval/reference_bicubic.psnr", label="bicubic PSNR")],
+               [Reported("diffusion_only", "eval/ssim", "SSIM"),
+                Reported("diffusion_only", "eval/reference_bicubic.ssim", "bicubic SSIM")],
                [Check("eval/case.psnr", "pixel_loss", "diffusion_only", min_effect=0.1),
                 Check("eval/case.ssim", "pixel_loss", "diffusion_only", min_effect=0.005)],
                _sr_plan),
@@ -271,6 +290,7 @@ COMPARISONS = {c.key: c for c in [
                ["unet", "dit", "hybrid", "unet_seed_ratio", "dit_seed_ratio", "hybrid_seed_ratio"],
                [Gate(arm, "benchmark/psnr", "benchmark/reference_bicubic.psnr", label="bicubic PSNR")
                 for arm in ("unet", "dit", "hybrid", "unet_seed_ratio", "dit_seed_ratio", "hybrid_seed_ratio")],
+               [],
                [Check("benchmark/case.psnr", "unet_seed_ratio", "dit_seed_ratio", margin=0.5),
                 Check("benchmark/params_m", "unet_seed_ratio", "dit_seed_ratio", direction="lower"),
                 Check("benchmark/inference_s_per_image", "unet_seed_ratio", "dit_seed_ratio", direction="lower"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import os
 
-from plugins.reproduce.claims import check_line, gate_line
+from plugins.reproduce.claims import check_line, gate_line, reported_line
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}li{margin:.3em 0}"
          ".supported{color:#1a7f37}.not{color:#b42318}.inconclusive{color:#8a6d00}code{font-size:12px}")
@@ -29,7 +29,8 @@ def write_index(root: str, entries: list[dict], scale_note: str) -> str:
     for e in entries:
         rel = os.path.relpath(e["report"], root)
         md += [f"- **{e['verdict']}** — {e['claim']} ([{e['title']}]({rel}/report.md), {e['seconds']:.0f} s)"]
-        lines = [*map(gate_line, e.get("gates", [])), *map(check_line, e["checks"])]
+        lines = [*map(gate_line, e.get("gates", [])), *map(reported_line, e.get("reported", [])),
+                 *map(check_line, e["checks"])]
         md += [f"  - {line}" for line in lines]
         body.append(f"<li><b class='{_css(e['verdict'])}'>{html.escape(e['verdict'])}</b> — "
                     f"{html.escape(e['claim'])} (<a href='{html.escape(rel)}/index.html'>{html.escape(e['title'])}"
