@@ -55,7 +55,7 @@ from plugins.latent_sr.trainer import all_defaults, train
 BENCH_DEFAULTS = dict(vae_path="", data_dir="data/demo/sr", out_dir="runs/backbones", backbones="unet,dit,hybrid",
                       backbone_config="config/sr_backbones.yaml",
                       seed_ratio_config="config/sr_backbones_seed_ratio.yaml", train_steps=200, batch_size=8,
-                      lr=1e-4, num_inference_steps=20, time_steps=5, time_rounds=5, max_samples=0, seed=0)
+                      lr=1e-4, num_inference_steps=20, time_steps=5, time_rounds=5, max_samples=0, validation_steps=0, seed=0)
 BENCH_HELP = dict(
     vae_path="frozen AutoencoderKL folder every backbone trains on",
     data_dir="SR pair folder",
@@ -70,6 +70,7 @@ BENCH_HELP = dict(
     time_steps="training steps timed (median step time)",
     time_rounds="interleaved sampling timing rounds",
     max_samples="score only the first N validation images (0 = all)",
+    validation_steps="steps between validation scores while each backbone trains (its val_psnr curve; 0: off)",
     seed="seed of training and sampling, the same for every backbone",
 )
 SETS = ("matched", "seed_ratio")
@@ -130,7 +131,8 @@ def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple
     cfg = all_defaults({
         "data_dir": args.data_dir, "out_dir": run_dir, "vae_path": args.vae_path, "backbone": name,
         "backbone_config": config, "max_steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "checkpointing_steps": args.train_steps, "report_to": ""})
+        "seed": args.seed, "checkpointing_steps": args.train_steps, "report_to": "",
+        "validation_steps": args.validation_steps, "validation_inference_steps": args.num_inference_steps})
     result = train(cfg)
     pipe = load_pipeline(result["pipeline_dir"])
     if torch.cuda.is_available():
@@ -171,6 +173,8 @@ def main(argv=None):
     if min(args.train_steps, args.time_steps, args.time_rounds, args.num_inference_steps, args.batch_size) < 1:
         raise InputError("--train_steps, --time_steps, --time_rounds, --num_inference_steps and --batch_size: "
                          "expected positive integers")
+    if args.validation_steps < 0:
+        raise InputError(f"--validation_steps: expected an integer >= 0, got {args.validation_steps}")
     configs = {"matched": args.backbone_config, "seed_ratio": args.seed_ratio_config}
     configs = {s: path for s, path in configs.items() if path}
     flags = {"matched": "--backbone_config", "seed_ratio": "--seed_ratio_config"}

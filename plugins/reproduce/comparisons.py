@@ -63,6 +63,34 @@ SETTINGS = {
                       "--max_samples", "16", "--time_steps", "3", "--batch_size", "8", "--lr", "2e-4"],
         "tiny_backbones": True,
     },
+    # measured on a 2-core CPU (README "Reproduction at the cpu scale"): each baseline passes its gates
+    "cpu": {
+        "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--max_steps", "40", "--log_interval", "5",
+                      "--save_interval", "20", "--lr", "3e-4"],
+        "bea_fpdm": ["--image_size", "32", "--t_max", "40", "--t_stride", "10",
+                     "--batch_size", "24", "--slice_step", "3", "--use_ema", "False"],
+        "ae_train": [*AE_TINY, "--autoencoder.num_channels", "[16, 32]", "--autoencoder.norm_num_groups", "8",
+                     "--max_steps", "800", "--data.crop_size", "[16, 16, 16]",
+                     "--autoencoder.training.val_interval", "50", "--autoencoder.training.save_interval", "100",
+                     "--autoencoder.training.n_epochs", "10000"],
+        "seg_train": [*GUIDED_TINY, "--modalities", "flair,t2", "--batch_size", "24", "--log_interval", "5",
+                      "--val_fraction", "0.4", "--val_num_ensemble", "1", "--val_timestep_respacing", "ddim10"],
+        "seg_stage_steps": [12, 5, 8],
+        "seg_sample": None,
+        "seg_max_seeds": 1,
+        # a VAE whose own reconstruction clears bicubic by 3 dB, and SR denoisers that learn past bicubic
+        "vae_train": [*AE_TINY, "--autoencoder.num_channels", "[16, 32]", "--autoencoder.norm_num_groups", "8",
+                      "--max_steps", "1500", "--autoencoder.training.batch_size", "8",
+                      "--autoencoder.training.val_interval", "10", "--autoencoder.training.save_interval", "100"],
+        "sr_train": ["--config", "config/sr_demo.yaml", "--max_steps", "1000", "--batch_size", "16", "--lr", "1e-3",
+                     "--lr_warmup_steps", "50", "--checkpointing_steps", "250", "--log_every", "25",
+                     "--validation_steps", "250"],
+        "sr_sample": ["--num_inference_steps", "10"],
+        "backbones": ["--backbones", "unet,dit,hybrid", "--train_steps", "1000", "--batch_size", "16", "--lr", "1e-3",
+                      "--num_inference_steps", "10", "--time_steps", "3", "--time_rounds", "3",
+                      "--validation_steps", "250"],
+        "tiny_backbones": True,
+    },
     "default": {
         "bea_train": ["--max_steps", "5000", "--log_interval", "50", "--save_interval", "1000"],
         "bea_fpdm": [],
@@ -74,9 +102,10 @@ SETTINGS = {
         "vae_train": ["--autoencoder.spatial_dims", "2", "--autoencoder.num_channels", "[64, 128]",
                       "--autoencoder.attention_levels", "[false, false]", "--max_steps", "3000",
                       "--autoencoder.training.batch_size", "16"],
-        "sr_train": ["--config", "config/sr_demo.yaml", "--max_steps", "3000", "--checkpointing_steps", "500"],
+        "sr_train": ["--config", "config/sr_demo.yaml", "--max_steps", "3000", "--checkpointing_steps", "500",
+                     "--validation_steps", "500"],
         "sr_sample": ["--num_inference_steps", "20"],
-        "backbones": ["--backbones", "unet,dit,hybrid", "--train_steps", "2000"],
+        "backbones": ["--backbones", "unet,dit,hybrid", "--train_steps", "2000", "--validation_steps", "500"],
         "tiny_backbones": False,
     },
 }
@@ -108,6 +137,7 @@ class Comparison:
     reported: list  # figures shown beside the gates, not gating (claims.Reported)
     checks: list
     plan: object  # (ctx) -> (jobs, {variant: [run dirs]})
+    curves: tuple = ()  # the validation curves (logged keys) the index page shows for every arm
 
 
 def _bea_plan(ctx: Context):
@@ -245,7 +275,7 @@ COMPARISONS = {c.key: c for c in [
                 Reported("bea_mse", "fpdm/reference_flair.mixed.image_accuracy", "FLAIR thresholding's image accuracy")],
                [Check("fpdm/mixed.auprc", "bea_dual", "bea_mse", min_effect=0.005),
                 Check("fpdm/unhealthy.auprc", "bea_dual", "bea_mse", min_effect=0.005)],
-               _bea_plan),
+               _bea_plan, curves=("val_mse",)),
     Comparison("autoencoder", "Seed 001: autoencoder reconstruction losses on sparse volumes",
                "Weighted and combined reconstruction losses stop all-black reconstructions: higher foreground "
                "Dice than l1, with a predicted/true foreground volume ratio within [0.5, 2] (not over-painted).",
@@ -259,7 +289,7 @@ COMPARISONS = {c.key: c for c in [
                 Check("eval/case.fg_dice", "combined", "l1", min_effect=0.01),
                 *(Check("eval/case.fg_volume_ratio", v, None, direction=d, reference=r)
                   for v in ("weighted", "combined") for d, r in (("higher", 0.5), ("lower", 2.0)))],
-               _ae_plan),
+               _ae_plan, curves=("val_psnr", "val_fg_dice", "val_fg_volume_ratio")),
     Comparison("segmentation", "Seed 002: segmentation-only vs joint vs staged training",
                "Staged training keeps the segmentation Dice of segmentation-only training (within 0.02) while "
                "adding a classifier better than chance (AUC > 0.5).",
@@ -271,7 +301,7 @@ COMPARISONS = {c.key: c for c in [
                [],
                [Check("validation/case.dice", "staged", "seg_only", margin=0.02),
                 Check("validation/auc_slice", "staged", None, reference=0.5, min_effect=0.05)],
-               _seg_plan),
+               _seg_plan, curves=("dice",)),
     Comparison("sr", "Seed 003: SR diffusion-only vs the pixel-space loss branch",
                "The pixel-space loss raises PSNR and SSIM of latent rectified-flow SR.",
                ["diffusion_only", "pixel_loss"],
@@ -282,7 +312,7 @@ COMPARISONS = {c.key: c for c in [
                 Reported("diffusion_only", "eval/reference_bicubic.ssim", "bicubic SSIM")],
                [Check("eval/case.psnr", "pixel_loss", "diffusion_only", min_effect=0.1),
                 Check("eval/case.ssim", "pixel_loss", "diffusion_only", min_effect=0.005)],
-               _sr_plan),
+               _sr_plan, curves=("val_psnr", "val_ssim")),
     Comparison("backbones", "Seed 004: denoiser backbones (UNet, DiT, hybrid)",
                "The UNet matches the DiT (PSNR within 0.5 dB) at a fraction of its cost: at the seed's ratio "
                "(DiT 2.5 x the UNet's parameters) with fewer parameters and faster inference; at matched "
@@ -296,5 +326,5 @@ COMPARISONS = {c.key: c for c in [
                 Check("benchmark/inference_s_per_image", "unet_seed_ratio", "dit_seed_ratio", direction="lower"),
                 Check("benchmark/case.psnr", "unet", "dit", margin=0.5),
                 Check("benchmark/inference_s_per_image", "unet", "dit", direction="lower")],
-               _backbone_plan),
+               _backbone_plan, curves=("val_psnr",)),
 ]}

@@ -1,5 +1,6 @@
 """The reproduction's index page: one line per claim (verdict), its competence gates and checks with
-their numbers, a link to each comparison's report, the scale that produced it and the time each took."""
+their numbers, a link to each comparison's report, the validation curves of every arm (the report's PNGs),
+the scale that produced it and the time each took."""
 
 from __future__ import annotations
 
@@ -36,7 +37,14 @@ def write_index(root: str, entries: list[dict], scale_note: str) -> str:
                     f"{html.escape(e['claim'])} (<a href='{html.escape(rel)}/index.html'>{html.escape(e['title'])}"
                     f"</a>, {e['seconds']:.0f} s)<ul>")
         body += [f"<li><code>{html.escape(line)}</code></li>" for line in lines]
-        body.append("</ul></li>")
+        body.append("</ul>")
+        curves = [os.path.relpath(c, root) for c in e.get("curves", [])]
+        missing = e.get("missing_curves", [])
+        md += [f"  - validation curve: ![{c}]({c})" for c in curves]
+        md += [f"  - validation curve not logged by these runs: {', '.join(missing)}"] if missing else []
+        body += [f"<img src='{html.escape(c)}' alt='{html.escape(c)}' width='360'>" for c in curves]
+        body += [f"<p>Validation curve not logged by these runs: {html.escape(', '.join(missing))}</p>"] if missing else []
+        body.append("</li>")
     body.append("</ul>")
     with open(os.path.join(root, "index.md"), "w") as f:
         f.write("\n".join(md) + "\n")
