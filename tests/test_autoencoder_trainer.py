@@ -142,6 +142,8 @@ def test_perceptual_loss_without_weights_is_refused(filaments, tmp_path, capsys)
     (["--resume_checkpoint", "no/such/checkpoint-9"], "resume_from_checkpoint: 'no/such/checkpoint-9' is not a"),
     (["--autoencoder.num_channels", "8,16"], r"autoencoder.num_channels: expected a list such as \[32, 64, 128\]"),
     (["--data.crop_size", "9"], r"data.crop_size: the training size \(9, 9, 9\) must be divisible by 2"),
+    (["--autoencoder.training.disc_num_layers", "3"],  # 16^3 -> 1 voxel per channel: refused before any step
+     r"data.crop_size: training size \(16, 16, 16\) at batch size 1 is too small for the 3-layer patch discriminator"),
 ])
 def test_bad_flags_exit_2_with_one_line(filaments, tmp_path, capsys, extra, message):
     assert run_main(main, ["--data_dir", filaments, "--out_dir", str(tmp_path / "r"), *TINY, *extra]) == 2

@@ -39,6 +39,7 @@ model (:func:`save_autoencoder`, with the measured latent scaling factor).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -107,6 +108,17 @@ def find_checkpoint(run_dir: str, spec: str) -> str | None:
     return spec
 
 
+def check_discriminator_fits(disc: torch.nn.Module, shape: tuple, num_layers: int) -> None:
+    """Refuse a training size the discriminator's batch norms cannot train on (one value per channel),
+    before any step: probed with a shape-only (meta) forward of a ``shape`` batch."""
+    try:
+        copy.deepcopy(disc).to("meta").train()(torch.empty(shape, device="meta"))
+    except (ValueError, RuntimeError) as err:
+        raise InputError(f"data.crop_size: training size {tuple(shape[2:])} at batch size {shape[0]} is too small "
+                         f"for the {num_layers}-layer patch discriminator ({str(err).splitlines()[0]}); use larger "
+                         f"crops or batches, fewer autoencoder.training.disc_num_layers, or adv_weight 0") from None
+
+
 class AutoencoderTrainer:
     """Build everything from a validated config (refusing bad input before writing anything), then ``train()``."""
 
@@ -143,6 +155,8 @@ class AutoencoderTrainer:
         if t["adv_weight"] > 0:
             disc = PatchDiscriminator(spatial_dims=ae["spatial_dims"], num_layers_d=t["disc_num_layers"],
                                       channels=t["disc_channels"], in_channels=ae["out_channels"], out_channels=1)
+            check_discriminator_fits(disc, (t["batch_size"], ae["out_channels"], *self.train_set.crop),
+                                     t["disc_num_layers"])
             opt_d = torch.optim.Adam(disc.parameters(), lr=t["disc_learning_rate"])
             self.disc, self.opt_d = self.accelerator.prepare(disc, opt_d)
             self.adv_loss = PatchAdversarialLoss(criterion="least_squares")

@@ -32,7 +32,8 @@ GUIDED_TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks",
                "--num_heads", "1", "--diffusion_steps", "100"]
 AE_TINY = ["--autoencoder.num_channels", "[8, 16]", "--autoencoder.attention_levels", "[false, false]",
            "--autoencoder.norm_num_groups", "4", "--autoencoder.latent_channels", "4",
-           "--autoencoder.training.use_gradient_checkpointing", "false", "--autoencoder.training.learning_rate", "1e-3"]
+           "--autoencoder.training.use_gradient_checkpointing", "false", "--autoencoder.training.learning_rate", "1e-3",
+           "--autoencoder.training.disc_num_layers", "2"]  # 16^3 crops: a 3-layer patch discriminator ends at 1 voxel
 
 #: Flags per comparison and scale (lists are passed to the scripts as they are).
 SETTINGS = {
