@@ -32,6 +32,7 @@ CASES = [
     ("D4", "compare_runs.py --out_dir an earlier report / an empty folder", "written (the earlier report replaced)", "test_report_into_a_foreign_folder_is_refused"),
     ("D5", "make_demo_data.py --kind brats where D/brats holds a file it did not write", REFUSED, "test_demo_data_never_deletes_foreign_files"),
     ("D6", "make_demo_data.py run twice into one folder", "the second replaces its own set", "test_demo_data_never_deletes_foreign_files"),
+    ("D7", "make_demo_data.py --kind brats after a training run wrote D/brats/splits/", "the set is replaced (the split is derived)", "test_demo_cohort_rebuilds_after_a_split"),
     # two runs in one directory
     ("M1", "training into a run directory of another configuration (lr, lambda, backbone ...)", REFUSED + ", naming the differing keys", "test_training_into_another_run_is_refused"),
     ("M2", "training again into the same run without --resume_checkpoint", REFUSED + ", pointing at --resume_checkpoint latest", "test_training_into_another_run_is_refused"),
@@ -171,6 +172,21 @@ def test_demo_data_never_deletes_foreign_files(load_script, tmp_path, capsys):
                            "--shape", "16,16,16"]) == 2
     one_error(capsys, "scan.nii.gz")
     assert os.listdir(user) == ["scan.nii.gz"]
+
+
+def test_demo_cohort_rebuilds_after_a_split(load_script, tmp_path):
+    from plugins.data.grades import read_grade_csv
+    from plugins.data.splits import cohort_split
+
+    main = load_script("make_demo_data").main
+    argv = ["--out_dir", str(tmp_path), "--kind", "brats", "--num_subjects", "3", "--shape", "16,16,16"]
+    assert run_main(main, argv) == 0
+    cohort = tmp_path / "brats"
+    names = sorted(p.name for p in cohort.iterdir() if p.is_dir())
+    _, path = cohort_split(str(cohort), names, read_grade_csv(str(cohort / "name_mapping.csv"), names), 0.4, 0)
+    assert os.path.isfile(path) and os.path.dirname(os.path.dirname(path)) == str(cohort)
+    assert run_main(main, argv) == 0
+    assert not (cohort / "splits").exists()  # drawn again from the rebuilt cohort by the next run
 
 
 # ----------------------------------------------------------------- mixed runs
