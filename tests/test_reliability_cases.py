@@ -40,6 +40,7 @@ CASES = [
     ("M4", "a stale lock file of a dead process", "the run starts", "test_a_locked_run_directory_is_refused"),
     ("M5", "segmentation_train_staged.py --stage 2 into stage 1's directory", REFUSED + ", naming stage", "test_stage_two_in_stage_one_directory_is_refused"),
     ("M6", "train_sr.py / train_autoencoder.py --resume_checkpoint latest into another configuration", REFUSED + ", naming the keys", "test_latent_trainers_refuse_another_run"),
+    ("M7", "a resume whose parsed config holds tuples (value_range, modalities) where config.json has lists", "compared as config.json reads back: no refusal", "test_saved_config_compares_as_read_back"),
     # exact resume (tests/test_reliability_resume.py)
     ("R1", "BEA: N straight steps vs N/2 + kill + latest", "bit-equal weights, EMA, optimizer; each step logged once", "test_bea_resume_equals_straight_run"),
     ("R2", "train_sr.py / train_sr_pixel.py: the same", "bit-equal", "test_sr_resume_equals_straight_run"),
@@ -258,6 +259,19 @@ def test_latent_trainers_refuse_another_run(tmp_path, capsys):
     assert _snapshot(out) == before
     assert run_main(sr_main, train_argv(data, vae, bb, str(tmp_path / "neg"), 1, "--learning_rate", "-1e-4")) == 2
     one_error(capsys, "--learning_rate: got -0.0001")
+
+
+def test_saved_config_compares_as_read_back(tmp_path):
+    from plugins.common.run_dir import config_differences
+    from plugins.common.run_log import as_saved, check_config, read_config, write_config
+
+    config = {"value_range": (-1, 1), "modalities": ("t1", "flair"), "lr": np.float32(0.5), "path": tmp_path}
+    write_config(str(tmp_path), config)
+    assert as_saved(config["value_range"]) == [-1, 1] and as_saved(config["path"]) == str(tmp_path)
+    assert config_differences(read_config(str(tmp_path)), config) == []
+    assert check_config(str(tmp_path), config, config) == read_config(str(tmp_path))
+    with pytest.raises(InputError, match=r"--value_range \(0, 1\) \(the run has \[-1, 1\]\)"):
+        check_config(str(tmp_path), {**config, "value_range": (0, 1)}, ["value_range"])
 
 
 # ----------------------------------------------------------------- resume bookkeeping
