@@ -255,10 +255,10 @@ def tune(out: SliceOutputs, settings: FpdmSettings, where: str) -> Tuned:
     if not sick.any() or not healthy.any():
         raise InputError(f"{where}: the tuning subjects hold {int(sick.sum())} tumour and {int(healthy.sum())} "
                          "healthy slices; FPDM tuning needs both")
-    flair_healthy = out.flair[healthy][out.brain[healthy]].float()
+    flair_healthy = out.flair[healthy][out.brain[healthy]].double().numpy()  # every pixel, exact in float64
     return Tuned(m_max=out.m_te[sick].max(dim=0).values.tolist(),
                  sim_cut=tune_sim_cut(out.sim[healthy], out.sim[sick]),
-                 flair_threshold=float(torch.quantile(flair_healthy[:2**24], settings.flair_quantile)),
+                 flair_threshold=float(np.quantile(flair_healthy, settings.flair_quantile)),
                  num_slices={"healthy": int(healthy.sum()), "unhealthy": int(sick.sum())})
 
 
