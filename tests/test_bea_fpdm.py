@@ -10,7 +10,7 @@ from torch import nn
 
 from patches.guided_diffusion import create_seam_diffusion, create_seam_model
 from plugins.bea.dual_loss import boundary_consistency_loss
-from plugins.bea.evaluation import per_slice_overlap, remove_small_components
+from plugins.bea.evaluation import FpdmSettings, SliceOutputs, per_slice_overlap, remove_small_components, tune
 from plugins.bea.fpdm import (combined_map, forward_process, mask_thresholds, quantile_levels, tune_sim_cut)
 from plugins.bea.plugin import BEA_DEFAULTS, HEALTHY, NUM_CLASSES, attach_bea
 from tests.gd_tiny import TINY_MODEL
@@ -132,3 +132,20 @@ def test_dual_loss_alone_does_not_collapse():
         opt.step()
     assert np.mean(losses[-10:]) > 0.2 * losses[0]
     assert norms[-1] > 0.5 * norms[0]
+
+
+def test_flair_threshold_is_the_exact_quantile_of_every_healthy_brain_pixel():
+    """More than 2^24 healthy brain pixels (torch.quantile's limit): all of them count, in float64."""
+    side = 4200  # 17.6M pixels in the healthy slice; the last 0.9M (> 1%) are its brightest
+    flair = torch.zeros(2, side, side)
+    flat = flair[0].view(-1)
+    flat.uniform_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    flat[2**24:] += 0.5
+    brain = torch.ones(2, side, side, dtype=torch.bool)
+    out = SliceOutputs(m_te=torch.ones(2, 1), sim=torch.tensor([0.9, 0.1]), gt=brain, brain=brain, flair=flair,
+                       images=flair, labels=torch.tensor([0, 1]), subjects=["A", "A"], slice_index=[0, 1])
+    settings = FpdmSettings(name="fast", w=2.0, t_max=30, t_stride=10, timesteps=[10, 20, 30], modalities=["flair"],
+                            channels=[0], flair_channel=0, q_lo=0.9, q_hi=0.98, median_size=5, min_component=40,
+                            min_component_px=40, flair_quantile=0.99)
+    threshold = tune(out, settings, "tune").flair_threshold
+    assert threshold == np.quantile(flat.numpy().astype(np.float64), 0.99) and threshold > 0.5

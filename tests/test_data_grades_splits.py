@@ -7,7 +7,7 @@ import pytest
 
 from plugins.common.errors import InputError
 from plugins.data import build_brats_datasets, class_stats, read_grade_csv, stratified_split
-from plugins.data.splits import check_checkpoint_split, cohort_split, keep_run_split
+from plugins.data.splits import check_checkpoint_split, cohort_split, keep_run_split, run_split
 from plugins.data.demo_cohort import write_cohort
 
 
@@ -86,6 +86,8 @@ def test_split_file_is_used_as_it_is(tmp_path):
     logs = []
     split, path = cohort_split(str(tmp_path), subjects, None, 0.5, 7, split_file=str(hand), log=logs.append)
     assert split["val"] == ["S3"] and path == str(hand) and "2 subject(s) on disk left out" in logs[-1]
+    assert cohort_split(str(tmp_path), subjects, None, 1.0, 7, split_file=str(hand), log=logs.append)[0] == split
+    assert not (tmp_path / "splits").exists()  # nothing drawn: --val_fraction and --split_seed are not read
     with pytest.raises(InputError, match=r"--split_file .*mine.json: 1 subject\(s\) are not in --data_dir: S3"):
         cohort_split(str(tmp_path), ["S0", "S1", "S2"], None, split_file=str(hand), log=logs.append)
     hand.write_text(json.dumps({"train": ["S0", "S3"], "val": ["S3"]}))
@@ -101,6 +103,12 @@ def test_run_and_checkpoint_splits_must_match(tmp_path):
     b = {"train": ["S0", "S2"], "val": ["S1"]}
     keep_run_split(str(tmp_path / "run"), a, "cohort_a.json")
     keep_run_split(str(tmp_path / "run"), a, "cohort_a.json")  # the same split: a resume
+    assert run_split(str(tmp_path / "run")) == {"source": "cohort_a.json", "seed": None, "val_fraction": None, **a}
+    assert run_split(str(tmp_path / "elsewhere")) is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "split.json").write_text(json.dumps({"train": ["S0"], "val": ["S0"]}))
+    with pytest.raises(InputError, match=r"bad.split\.json: subjects in both train and val: S0"):
+        run_split(str(tmp_path / "bad"))
     with pytest.raises(InputError, match=r"run.split\.json: this run was trained on another split than cohort_b"):
         keep_run_split(str(tmp_path / "run"), b, "cohort_b.json")
     checkpoint = str(tmp_path / "run" / "model000002.pt")

@@ -40,3 +40,8 @@ def test_all_arms_and_stages_share_one_split(run_script, tiny_cohort, tmp_path, 
                       "--split_seed", 1, "--resume_checkpoint", runs["stage1"], "--out_dir", tmp_path / "other") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "stage1" in err and "split_val0.4_seed1.json" in err
+    # so is a run continued from another folder's checkpoint (the plain trainer's own check)
+    assert run_script("train_bea_dual_loss", *common, "--split_seed", 1, "--resume_checkpoint",
+                      runs["plain"] / "model000001.pt", "--out_dir", tmp_path / "other_plain") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "plain" in err and "split_val0.4_seed1.json" in err

@@ -32,6 +32,7 @@ CASES = [
     ("D4", "compare_runs.py --out_dir an earlier report / an empty folder", "written (the earlier report replaced)", "test_report_into_a_foreign_folder_is_refused"),
     ("D5", "make_demo_data.py --kind brats where D/brats holds a file it did not write", REFUSED, "test_demo_data_never_deletes_foreign_files"),
     ("D6", "make_demo_data.py run twice into one folder", "the second replaces its own set", "test_demo_data_never_deletes_foreign_files"),
+    ("D7", "make_demo_data.py --kind brats after a training run wrote D/brats/splits/", "the set is replaced (the split is derived)", "test_demo_cohort_rebuilds_after_a_split"),
     # two runs in one directory
     ("M1", "training into a run directory of another configuration (lr, lambda, backbone ...)", REFUSED + ", naming the differing keys", "test_training_into_another_run_is_refused"),
     ("M2", "training again into the same run without --resume_checkpoint", REFUSED + ", pointing at --resume_checkpoint latest", "test_training_into_another_run_is_refused"),
@@ -39,6 +40,7 @@ CASES = [
     ("M4", "a stale lock file of a dead process", "the run starts", "test_a_locked_run_directory_is_refused"),
     ("M5", "segmentation_train_staged.py --stage 2 into stage 1's directory", REFUSED + ", naming stage", "test_stage_two_in_stage_one_directory_is_refused"),
     ("M6", "train_sr.py / train_autoencoder.py --resume_checkpoint latest into another configuration", REFUSED + ", naming the keys", "test_latent_trainers_refuse_another_run"),
+    ("M7", "a resume whose parsed config holds tuples (value_range, modalities) where config.json has lists", "compared as config.json reads back: no refusal", "test_saved_config_compares_as_read_back"),
     # exact resume (tests/test_reliability_resume.py)
     ("R1", "BEA: N straight steps vs N/2 + kill + latest", "bit-equal weights, EMA, optimizer; each step logged once", "test_bea_resume_equals_straight_run"),
     ("R2", "train_sr.py / train_sr_pixel.py: the same", "bit-equal", "test_sr_resume_equals_straight_run"),
@@ -173,6 +175,21 @@ def test_demo_data_never_deletes_foreign_files(load_script, tmp_path, capsys):
     assert os.listdir(user) == ["scan.nii.gz"]
 
 
+def test_demo_cohort_rebuilds_after_a_split(load_script, tmp_path):
+    from plugins.data.grades import read_grade_csv
+    from plugins.data.splits import cohort_split
+
+    main = load_script("make_demo_data").main
+    argv = ["--out_dir", str(tmp_path), "--kind", "brats", "--num_subjects", "3", "--shape", "16,16,16"]
+    assert run_main(main, argv) == 0
+    cohort = tmp_path / "brats"
+    names = sorted(p.name for p in cohort.iterdir() if p.is_dir())
+    _, path = cohort_split(str(cohort), names, read_grade_csv(str(cohort / "name_mapping.csv"), names), 0.4, 0)
+    assert os.path.isfile(path) and os.path.dirname(os.path.dirname(path)) == str(cohort)
+    assert run_main(main, argv) == 0
+    assert not (cohort / "splits").exists()  # drawn again from the rebuilt cohort by the next run
+
+
 # ----------------------------------------------------------------- mixed runs
 def test_training_into_another_run_is_refused(bea_run, load_script, tiny_cohort, capsys):
     before = _snapshot(bea_run)
@@ -242,6 +259,19 @@ def test_latent_trainers_refuse_another_run(tmp_path, capsys):
     assert _snapshot(out) == before
     assert run_main(sr_main, train_argv(data, vae, bb, str(tmp_path / "neg"), 1, "--learning_rate", "-1e-4")) == 2
     one_error(capsys, "--learning_rate: got -0.0001")
+
+
+def test_saved_config_compares_as_read_back(tmp_path):
+    from plugins.common.run_dir import config_differences
+    from plugins.common.run_log import as_saved, check_config, read_config, write_config
+
+    config = {"value_range": (-1, 1), "modalities": ("t1", "flair"), "lr": np.float32(0.5), "path": tmp_path}
+    write_config(str(tmp_path), config)
+    assert as_saved(config["value_range"]) == [-1, 1] and as_saved(config["path"]) == str(tmp_path)
+    assert config_differences(read_config(str(tmp_path)), config) == []
+    assert check_config(str(tmp_path), config, config) == read_config(str(tmp_path))
+    with pytest.raises(InputError, match=r"--value_range \(0, 1\) \(the run has \[-1, 1\]\)"):
+        check_config(str(tmp_path), {**config, "value_range": (0, 1)}, ["value_range"])
 
 
 # ----------------------------------------------------------------- resume bookkeeping

@@ -30,7 +30,6 @@ FLAIR reference's ``flair_call``, ``flair_correct``, ``flair_dice``, ``flair_iou
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -45,7 +44,7 @@ from plugins.bea.fpdm import (DEFAULT_STRIDE, PROTOCOLS, combined_map, forward_p
 from plugins.common.errors import InputError
 from plugins.common.run_log import CASES_FILE, write_case_table, write_json_atomic
 from plugins.data.brats_layout import check_modalities
-from plugins.data.splits import SPLIT_FILE
+from plugins.data.splits import SPLIT_FILE, run_split
 from plugins.slice_diffusion.training import ARCHITECTURE_KEYS
 
 FPDM_DEFAULTS = dict(
@@ -167,10 +166,10 @@ def halve_subjects(val_subjects: list, seed: int) -> tuple[list, list]:
 def tune_and_test_subjects(run_dir: str, seed: int, num_eval_cases: int = 0) -> tuple[list, list]:
     """Halve the run's validation subjects (``split.json``); keep the first ``num_eval_cases`` test ones (0 = all)."""
     split_path = os.path.join(run_dir, SPLIT_FILE)
-    if not os.path.exists(split_path):
+    split = run_split(run_dir)
+    if split is None:
         raise InputError(f"{split_path}: missing; the run directory must hold the split it was trained with")
-    with open(split_path) as f:
-        tune_subjects, test_subjects = halve_subjects(json.load(f)["val"], seed)
+    tune_subjects, test_subjects = halve_subjects(split["val"], seed)
     if not tune_subjects:
         raise InputError(f"{split_path}: FPDM needs at least two validation subjects (one to tune, one to test)")
     return tune_subjects, test_subjects[:num_eval_cases] if num_eval_cases else test_subjects
@@ -256,10 +255,10 @@ def tune(out: SliceOutputs, settings: FpdmSettings, where: str) -> Tuned:
     if not sick.any() or not healthy.any():
         raise InputError(f"{where}: the tuning subjects hold {int(sick.sum())} tumour and {int(healthy.sum())} "
                          "healthy slices; FPDM tuning needs both")
-    flair_healthy = out.flair[healthy][out.brain[healthy]].float()
+    flair_healthy = out.flair[healthy][out.brain[healthy]].double().numpy()  # every pixel, exact in float64
     return Tuned(m_max=out.m_te[sick].max(dim=0).values.tolist(),
                  sim_cut=tune_sim_cut(out.sim[healthy], out.sim[sick]),
-                 flair_threshold=float(torch.quantile(flair_healthy[:2**24], settings.flair_quantile)),
+                 flair_threshold=float(np.quantile(flair_healthy, settings.flair_quantile)),
                  num_slices={"healthy": int(healthy.sum()), "unhealthy": int(sick.sum())})
 
 

@@ -3,8 +3,8 @@
 A writer builds its output in a temporary folder, then :func:`replace_owned_dir` moves it into place
 with a manifest (``.written_by_medplug``: one relative path per line of every file it wrote). An
 existing destination is replaced only when each file in it is listed in its own manifest or lies in
-a derived folder (:data:`DERIVED`, e.g. the slice cache); otherwise it is refused with one line
-naming a foreign file, before anything changes. :func:`check_replaceable` runs the same check
+a derived folder (:data:`DERIVED`: the slice cache, the cohort's split files); otherwise it is refused
+with one line naming a foreign file, before anything changes. :func:`check_replaceable` runs the same check
 up front, so a writer refuses before its (slow) work.
 """
 
@@ -17,7 +17,7 @@ from plugins.common.errors import InputError
 
 MANIFEST = ".written_by_medplug"
 #: Folders the project derives from a data set and may drop with it.
-DERIVED = (".slice_cache",)
+DERIVED = (".slice_cache", "splits")
 
 
 def _files(root: str) -> list[str]:

@@ -26,7 +26,7 @@ import socket
 import torch.distributed as dist
 
 from plugins.common.errors import InputError
-from plugins.common.run_log import CONFIG_FILE, _plain
+from plugins.common.run_log import CONFIG_FILE, as_saved
 
 LOCK_FILE = ".lock"
 #: Keys that may change between a run and its resume: how far to train, where to resume from, how to load data.
@@ -34,11 +34,6 @@ VOLATILE_KEYS = frozenset({"resume_checkpoint", "resume_from_checkpoint", "max_s
                            "num_processes"})
 
 _held: dict[str, int] = {}  # absolute run dir -> open lock fd (kept for the life of the process)
-
-
-def _normal(value):
-    """Compare values as they read back from ``config.json`` (tuples as lists, tensors as floats)."""
-    return json.loads(json.dumps(_plain(value), default=str))
 
 
 def config_differences(saved: dict, given: dict) -> list[str]:
@@ -49,7 +44,7 @@ def config_differences(saved: dict, given: dict) -> list[str]:
         if key.rsplit(".", 1)[-1] in VOLATILE_KEYS:
             continue
         old = saved.get(key, "<absent>")
-        new = _normal(given[key]) if key in given else "<absent>"
+        new = as_saved(given[key]) if key in given else "<absent>"
         if old != new:
             out.append(f"{key}: {old!r} -> {new!r}")
     return out

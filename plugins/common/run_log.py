@@ -36,6 +36,11 @@ def _plain(value):
     return value
 
 
+def as_saved(value):
+    """``value`` as it reads back from ``config.json`` (tuples as lists, tensors as floats, objects as str)."""
+    return json.loads(json.dumps(_plain(value), default=str))
+
+
 def write_json_atomic(path: str, obj, **dump_kwargs) -> None:
     """``json.dump(obj)`` to a per-process temp file beside ``path``, then rename it into place."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -104,7 +109,7 @@ def check_config(run_dir: str, given: dict, keys) -> dict:
         return {}
     saved = read_config(run_dir)
     differ = [f"--{k} {given[k]!r} (the run has {saved[k]!r})" for k in keys
-              if k in saved and k in given and _plain(given[k]) != saved[k]]
+              if k in saved and k in given and as_saved(given[k]) != saved[k]]
     if differ:
         raise InputError(f"{os.path.join(run_dir, CONFIG_FILE)}: flags disagree with the saved run: {'; '.join(differ)}")
     return saved

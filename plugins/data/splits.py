@@ -85,7 +85,6 @@ def same_subjects(a: dict, b: dict) -> bool:
 def cohort_split(data_dir: str, subjects, grades: dict | None, val_fraction: float = 0.2, split_seed: int = 0,
                  split_file: str = "", log=print) -> tuple[dict, str]:
     """``(split, path)``: the cohort's split file, read (checked) or drawn and written once."""
-    drawn = stratified_split(subjects, grades, val_fraction, split_seed)
     if split_file:
         if os.path.isfile(split_file):
             split = _read(split_file)
@@ -100,7 +99,7 @@ def cohort_split(data_dir: str, subjects, grades: dict | None, val_fraction: flo
         path = split_file
     else:
         path = cohort_split_path(data_dir, val_fraction, split_seed)
-    record = {**drawn, "stratified_by_grade": bool(grades), "grades": grades or None}
+    drawn = stratified_split(subjects, grades, val_fraction, split_seed)
     if os.path.isfile(path):
         saved = _read(path)
         if not same_subjects(saved, drawn):
@@ -109,6 +108,7 @@ def cohort_split(data_dir: str, subjects, grades: dict | None, val_fraction: flo
                              "draw it again, or pass --split_file to keep it")
         log(f"split {path}: {len(saved['train'])} train, {len(saved['val'])} val subjects")
         return saved, os.path.abspath(path)
+    record = {**drawn, "stratified_by_grade": bool(grades), "grades": grades or None}
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_json_atomic(path, record, indent=2)  # every rank draws the same split; any may write it
@@ -118,6 +118,12 @@ def cohort_split(data_dir: str, subjects, grades: dict | None, val_fraction: flo
     log(f"wrote split {path}: {len(drawn['train'])} train, {len(drawn['val'])} val subjects"
         f"{', stratified by grade' if grades else ''}")
     return record, os.path.abspath(path)
+
+
+def run_split(run_dir: str) -> dict | None:
+    """The run's copy of its split, ``run_dir/split.json`` (checked like any split file); None without one."""
+    path = os.path.join(run_dir, SPLIT_FILE)
+    return _read(path) if os.path.isfile(path) else None
 
 
 def keep_run_split(run_dir: str, split: dict, source: str) -> None:

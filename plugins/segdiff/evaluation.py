@@ -15,7 +15,6 @@ subjects). Outputs in ``--out_dir`` (default ``<run>/eval_<checkpoint>``): ``met
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from plugins.common.errors import InputError
 from plugins.common.flags import EVAL_DEFAULTS, EVAL_HELP
 from plugins.common.run_log import CASES_FILE, CONFIG_FILE, read_config, write_case_table, write_json_atomic
 from plugins.data import BratsSliceDataset, read_grade_csv, settings_from_args
-from plugins.data.splits import SPLIT_FILE
+from plugins.data.splits import run_split
 from plugins.segdiff.plugin import DATA_NAMES, SEGDIFF_ARCHITECTURE_KEYS, SEGDIFF_HELP, segdiff_model_for_config
 from plugins.segdiff.sampling import fuse_mean, fuse_staple, sample_ensemble
 from plugins.segdiff.scoring import SAMPLE, FlairThreshold, SplitScores
@@ -113,10 +112,9 @@ def build(args, config):
 
 def eval_subjects(args, data_dir: str) -> list[str]:
     """The first ``--num_eval_cases`` (0 = all) validation subjects of the run, else of ``data_dir``'s folders."""
-    split_path = os.path.join(run_dir_of(args.model_path), SPLIT_FILE)
-    if os.path.isfile(split_path):
-        with open(split_path) as f:
-            subjects = json.load(f)["val"]
+    split = run_split(run_dir_of(args.model_path))
+    if split is not None:
+        subjects = split["val"]
     else:
         subjects = sorted(n for n in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, n)))
     return subjects[: args.num_eval_cases] if args.num_eval_cases else subjects
@@ -180,11 +178,10 @@ def add_staple(scores: SplitScores, volumes: dict) -> None:
 
 def fit_reference(args, config: dict, data_dir: str, settings) -> FlairThreshold | None:
     """FLAIR thresholding fitted on the run's training subjects (``split.json``); None without FLAIR or a split."""
-    split_path = os.path.join(run_dir_of(args.model_path), SPLIT_FILE)
-    if "flair" not in settings.modalities or not os.path.isfile(split_path):
+    split = run_split(run_dir_of(args.model_path))
+    if "flair" not in settings.modalities or split is None:
         return None
-    with open(split_path) as f:
-        train = json.load(f)["train"]
+    train = split["train"]
     reference = FlairThreshold(settings.modalities.index("flair"), settings.value_range)
     dataset = BratsSliceDataset(data_dir, train, None, settings, args.cache_dir)
     reference.fit(torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False))

@@ -203,8 +203,8 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     data = build_brats_datasets(args.data_dir, run_dir, args.csv_path, settings, args.val_fraction,
                                 args.split_seed, args.cache_dir, log=logger.log if rank == 0 else _quiet,
                                 progress=rank == 0, split_file=args.split_file)
-    if checkpoint:
-        check_checkpoint_split(checkpoint, data.split, data.split_source)
+    if checkpoint and os.path.realpath(os.path.dirname(checkpoint)) != os.path.realpath(run_dir):
+        check_checkpoint_split(checkpoint, data.split, data.split_source)  # own run: its split.json was checked
     plugin.extend(model, diffusion, data, args)
     if len(data.train) < args.batch_size * world:
         raise InputError(f"--batch_size {args.batch_size}: the training split has only {len(data.train)} slices")
