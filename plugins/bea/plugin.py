@@ -12,16 +12,20 @@ under the log key ``l_bea``, on the features of ``input_blocks[bea_enc_block]`` 
 block fed by the encoder block as its skip input is refused). ``bea_norm_ratio``
 (``rms(f_enc) / rms(f_dec)``) and ``bea_enc_rms`` are logged beside it, without gradient.
 With lambda = 0, ``l_bea`` is still logged (computed without gradient) and the loss is
-bit for bit the MSE-only loss.
+bit for bit the MSE-only loss. After every ``val_loss_interval``-th epoch, ``val_mse``
+(:mod:`plugins.bea.validation`) is the run's validation curve.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from patches.guided_diffusion import LossTerm
 from plugins.bea.dual_loss import boundary_consistency_loss, default_pair, feature_norms, skip_partner
 from plugins.bea.gate import BoundaryGate
+from plugins.bea.validation import ValidationLoss
 from plugins.common.errors import InputError
 from plugins.data.brats_layout import check_modalities
 from plugins.slice_diffusion.training import SlicePlugin, build_model_and_diffusion
@@ -35,6 +39,8 @@ BEA_DEFAULTS = dict(
     label_dropout=0.1,
     bea_enc_block=-1,
     bea_dec_block=-1,
+    val_loss_interval=1,
+    val_loss_slices=256,
 )
 BEA_HELP = dict(
     use_bea="insert the boundary-enhanced attention gate at the bottleneck",
@@ -43,11 +49,18 @@ BEA_HELP = dict(
     bea_enc_block="input_blocks index of the encoder feature of L_bea (-1 = a mid-level block)",
     bea_dec_block="output_blocks index of the decoder feature of L_bea, same shape, not fed by the "
                   "encoder block's skip (-1 = the nearest such block)",
+    val_loss_interval="epochs between validation-curve points: the denoising MSE val_mse on validation slices "
+                      "(0 = off)",
+    val_loss_slices="validation slices val_mse averages over, evenly spaced over the split (0 = all)",
 )
 
 
 def check_bea_args(args) -> None:
-    """Refuse a negative lambda, a label dropout outside [0, 1), a class count other than 3."""
+    """Refuse a negative lambda, a label dropout outside [0, 1), a class count other than 3, a negative
+    validation interval or slice count."""
+    for key in ("val_loss_interval", "val_loss_slices"):
+        if getattr(args, key) < 0:
+            raise InputError(f"--{key}: got {getattr(args, key)}; expected an integer >= 0")
     if args.boundary_loss_weight < 0:
         raise InputError(f"--boundary_loss_weight: got {args.boundary_loss_weight}; expected >= 0 "
                          "(0.1 to 0.5 advised; above that training can become unstable)")
@@ -139,6 +152,15 @@ class BeaPlugin(SlicePlugin):
         attach_bea(model, args)
         for term in bea_loss_terms(args.boundary_loss_weight):
             diffusion.add_loss_term(term)
+        self.callbacks = []
+        if args.val_loss_interval > 0 and len(data.val):
+            n = len(data.val) if args.val_loss_slices == 0 else min(args.val_loss_slices, len(data.val))
+            picked = Subset(data.val, np.linspace(0, len(data.val) - 1, n).round().astype(int).tolist())
+            self.callbacks.append(ValidationLoss(diffusion, picked, args.batch_size, args.seed,
+                                                 args.val_loss_interval, args.out_dir))
+
+    def epoch_callbacks(self) -> list:
+        return self.callbacks
 
     def batch(self, batch: dict) -> tuple:
         labels = batch["slice_label"].long()
