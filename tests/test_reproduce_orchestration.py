@@ -61,6 +61,8 @@ def test_resumes_from_finished_parts(reproduction):
     os.remove(root / "done" / "bea__bea_dual_s0__fpdm")
     run_jobs(jobs, str(root), "bea", threads=1, timings=timings)
     assert list(timings) == ["bea/bea_dual_s0/fpdm"]
+    wall, cpu = map(float, (root / "done" / "bea__bea_dual_s0__fpdm").read_text().split())
+    assert wall > 0 and cpu > 0  # the step's own process tree, whatever else the machine runs
 
 
 def test_one_comparison_at_a_time_keeps_the_others_verdicts(reproduction):

@@ -19,7 +19,7 @@ from plugins.reproduce.claims import (check_line, claim_verdict, evaluate_check,
                                       gate_line, reported_line)
 from plugins.reproduce.comparisons import COMPARISONS, DEFAULT_SEEDS, SCALES, Context
 from plugins.reproduce.index import write_index
-from plugins.reproduce.jobs import Job, JobFailed, run_jobs
+from plugins.reproduce.jobs import Job, JobFailed, job_seconds, run_jobs
 
 __all__ = ["COMPARISONS", "DEFAULT_SEEDS", "SCALES", "Context", "Job", "JobFailed", "check_scale", "reproduce"]
 
@@ -41,15 +41,8 @@ def check_scale(ctx: Context) -> None:
 
 
 def scale_note(ctx: Context) -> str:
-    return f"Scale: {ctx.scale} scale: {SCALES[ctx.scale]}. Seeds: {', '.join(map(str, ctx.seeds))}."
-
-
-def job_seconds(root: str, jobs: list[Job]) -> float:
-    total = 0.0
-    for job in jobs:
-        with open(os.path.join(root, "done", job.slug)) as f:
-            total += float(f.read().strip() or 0)
-    return total
+    capped = "".join(f"; {key}: {', '.join(map(str, ctx.seeds_of(key)))}" for key in ctx.settings["max_seeds"])
+    return f"Scale: {ctx.scale} scale: {SCALES[ctx.scale]}. Seeds: {', '.join(map(str, ctx.seeds))}{capped}."
 
 
 def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000) -> dict:
@@ -70,12 +63,13 @@ def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000
         checks.append({"check": check.describe(), "verdict": "inconclusive", "variant_mean": None, "note": why}
                       if why else evaluate_check(check, groups, resamples=resamples))
     print(f"\n{comp.title}\n{terminal_summary(result)}")
+    wall, cpu = job_seconds(ctx.root, jobs)
     entry = {"key": key, "title": comp.title, "claim": comp.claim, "verdict": claim_verdict(checks, gates),
              "gates": gates, "reported": reported, "checks": checks, "report": report,
              "curves": [c for c in curves if os.path.exists(c)],
              "missing_curves": [k for k in comp.curves if not any(os.path.exists(c) and c.endswith(f"_{k}.png")
                                                                   for c in curves)],
-             "seconds": job_seconds(ctx.root, jobs)}
+             "seconds": wall, "cpu_seconds": cpu}
     print(f"verdict: {entry['verdict']}\n" + "\n".join(f"  {line}" for line in
                                                         [*map(gate_line, gates), *map(reported_line, reported),
                                                          *map(check_line, checks)]))

@@ -51,7 +51,7 @@ SETTINGS = {
                       "--val_fraction", "0.4", "--val_num_ensemble", "1", "--val_timestep_respacing", "ddim10"],
         "seg_stage_steps": [12, 5, 8],  # seg-only and joint run the sum (just over one epoch of the demo cohort)
         "seg_sample": None,  # the runs' own validation only (sampled masks, 1 DDIM sample of 10 steps a slice)
-        "seg_max_seeds": 1,  # one epoch per variant is the CPU budget: the verdict stays inconclusive
+        "max_seeds": {"segmentation": 1},  # one epoch per variant is the CPU budget: the verdict stays inconclusive
         "vae_train": [*AE_TINY, "--autoencoder.num_channels", "[16, 32]", "--autoencoder.norm_num_groups", "8",
                       "--max_steps", "30", "--autoencoder.training.batch_size", "8",
                       "--autoencoder.training.val_interval", "100", "--autoencoder.training.save_interval", "100"],
@@ -78,7 +78,7 @@ SETTINGS = {
                       "--val_fraction", "0.4", "--val_num_ensemble", "1", "--val_timestep_respacing", "ddim10"],
         "seg_stage_steps": [12, 5, 8],
         "seg_sample": None,
-        "seg_max_seeds": 1,
+        "max_seeds": {"segmentation": 1, "backbones": 1},  # an hour per comparison on 2 cores
         # a VAE whose own reconstruction clears bicubic by 3 dB, and SR denoisers that learn past bicubic
         "vae_train": [*AE_TINY, "--autoencoder.num_channels", "[16, 32]", "--autoencoder.norm_num_groups", "8",
                       "--max_steps", "1500", "--autoencoder.training.batch_size", "8",
@@ -98,7 +98,7 @@ SETTINGS = {
         "ae_train": ["--max_steps", "3000", "--autoencoder.training.perceptual_weight", "0"],
         "seg_train": ["--image_size", "128", "--log_interval", "50"],
         "seg_stage_steps": [2000, 1000, 1000],
-        "seg_max_seeds": None,
+        "max_seeds": {},
         "seg_sample": ["--num_ensemble", "5", "--timestep_respacing", "ddim50"],
         "vae_train": ["--autoencoder.spatial_dims", "2", "--autoencoder.num_channels", "[64, 128]",
                       "--autoencoder.attention_levels", "[false, false]", "--max_steps", "3000",
@@ -124,6 +124,10 @@ class Context:
     def settings(self) -> dict:
         return {**SETTINGS[self.scale], **self.overrides}
 
+    def seeds_of(self, comparison: str) -> list:
+        """The seeds ``comparison`` runs: the first ``max_seeds`` of the scale (all when it names none)."""
+        return self.seeds[:self.settings["max_seeds"].get(comparison)]
+
     def run_dir(self, comparison: str, variant: str, seed: int) -> str:
         return os.path.join(self.root, "runs", comparison, f"{variant}_s{seed}")
 
@@ -146,7 +150,7 @@ def _bea_plan(ctx: Context):
                 "bea_mse": ["--boundary_loss_weight", "0"], "bea_dual": []}
     cache = os.path.join(ctx.root, "cache", f"brats_{ctx.scale}")
     jobs, groups = [], {v: [] for v in variants}
-    for seed in ctx.seeds:
+    for seed in ctx.seeds_of("bea"):
         for variant, flags in variants.items():
             run = ctx.run_dir("bea", variant, seed)
             groups[variant].append(run)
@@ -161,7 +165,7 @@ def _bea_plan(ctx: Context):
 
 def _ae_plan(ctx: Context):
     jobs, groups = [], {"l1": [], "weighted": [], "combined": []}
-    for seed in ctx.seeds:
+    for seed in ctx.seeds_of("autoencoder"):
         for variant in groups:
             run = ctx.run_dir("autoencoder", variant, seed)
             groups[variant].append(run)
@@ -182,7 +186,7 @@ def _seg_plan(ctx: Context):
     common = ["--data_dir", brats, "--csv_path", csv,
               "--cache_dir", os.path.join(ctx.root, "cache", f"seg_{ctx.scale}"), *ctx.settings["seg_train"]]
     jobs, groups = [], {"seg_only": [], "joint": [], "staged": []}
-    for seed in ctx.seeds[:ctx.settings["seg_max_seeds"]]:
+    for seed in ctx.seeds_of("segmentation"):
         runs = {v: ctx.run_dir("segmentation", v, seed) for v in groups}
         last = {"seg_only": total, "joint": total, "staged": stages[-1]}
         for variant, flags in (("seg_only", ["--use_cls_head", "False"]), ("joint", [])):
@@ -233,7 +237,7 @@ def _sr_plan(ctx: Context):
     sr = os.path.join(ctx.data_dir, "sr")
     jobs, groups = [vae], {"diffusion_only": [], "pixel_loss": []}
     scripts = {"diffusion_only": "train_sr", "pixel_loss": "train_sr_pixel"}
-    for seed in ctx.seeds:
+    for seed in ctx.seeds_of("sr"):
         for variant, script in scripts.items():
             run = ctx.run_dir("sr", variant, seed)
             groups[variant].append(run)
@@ -252,7 +256,7 @@ def _backbone_plan(ctx: Context):
     flags = ctx.settings["backbones"]
     names = flags[flags.index("--backbones") + 1].split(",")
     jobs, groups = [vae], {**{n: [] for n in names}, **{f"{n}_seed_ratio": [] for n in names}}
-    for seed in ctx.seeds:
+    for seed in ctx.seeds_of("backbones"):
         out = os.path.join(ctx.root, "runs", "backbones", f"s{seed}")
         jobs.append(Job(f"backbones/s{seed}/benchmark", "benchmark_backbones", [
             "--vae_path", vae_path, "--data_dir", os.path.join(ctx.data_dir, "sr"), "--out_dir", out,

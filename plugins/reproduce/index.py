@@ -29,13 +29,14 @@ def write_index(root: str, entries: list[dict], scale_note: str) -> str:
             f"<p>{html.escape(GATE_RULE)}</p><ul>"]
     for e in entries:
         rel = os.path.relpath(e["report"], root)
-        md += [f"- **{e['verdict']}** — {e['claim']} ([{e['title']}]({rel}/report.md), {e['seconds']:.0f} s)"]
+        took = f"{e['seconds']:.0f} s wall, {e.get('cpu_seconds', 0):.0f} CPU s"
+        md += [f"- **{e['verdict']}** — {e['claim']} ([{e['title']}]({rel}/report.md), {took})"]
         lines = [*map(gate_line, e.get("gates", [])), *map(reported_line, e.get("reported", [])),
                  *map(check_line, e["checks"])]
         md += [f"  - {line}" for line in lines]
         body.append(f"<li><b class='{_css(e['verdict'])}'>{html.escape(e['verdict'])}</b> — "
                     f"{html.escape(e['claim'])} (<a href='{html.escape(rel)}/index.html'>{html.escape(e['title'])}"
-                    f"</a>, {e['seconds']:.0f} s)<ul>")
+                    f"</a>, {took})<ul>")
         body += [f"<li><code>{html.escape(line)}</code></li>" for line in lines]
         body.append("</ul>")
         curves = [os.path.relpath(c, root) for c in e.get("curves", [])]

@@ -2,7 +2,8 @@
 
 A :class:`Job` is one script call (``python scripts/NAME.py ARGS``). Its output goes to
 ``ROOT/logs/<job>.log``; when it exits 0, ``then`` (if any) runs on its captured output and a
-marker ``ROOT/done/<job>`` is written. A job with a marker is skipped, so an interrupted
+marker ``ROOT/done/<job>`` is written: its wall-clock seconds and the CPU seconds (user + system) its
+process tree used, the cost on a machine shared with other work. A job with a marker is skipped, so an interrupted
 reproduction resumes from its finished parts; training jobs are also given
 ``--resume_checkpoint latest`` by their comparison, so an interrupted run continues from its last
 checkpoint.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -38,6 +40,23 @@ class Job:
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.-]+", "__", self.name)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def job_seconds(root: str, jobs: list[Job]) -> tuple[float, float]:
+    """(wall-clock, CPU) seconds of ``jobs`` from their markers (CPU 0 for markers that predate it)."""
+    wall = cpu = 0.0
+    for job in jobs:
+        with open(os.path.join(root, "done", job.slug)) as f:
+            parts = f.read().split()
+        wall += float(parts[0]) if parts else 0.0
+        cpu += float(parts[1]) if len(parts) > 1 else 0.0
+    return wall, cpu
 
 
 def job_env(threads: int) -> dict:
@@ -70,7 +89,7 @@ def run_jobs(jobs: list[Job], root: str, desc: str, threads: int, timings: dict 
         bar.set_postfix_str(job.name)
         log_path = os.path.join(root, "logs", f"{job.slug}.log")
         command = [sys.executable, os.path.join(REPO_ROOT, "scripts", f"{job.script}.py"), *map(str, job.args)]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu()
         with open(log_path, "w") as log:
             log.write("$ " + " ".join(command) + "\n")
             log.flush()
@@ -85,5 +104,5 @@ def run_jobs(jobs: list[Job], root: str, desc: str, threads: int, timings: dict 
         if timings is not None:
             timings[job.name] = time.perf_counter() - start
         with open(os.path.join(root, "done", job.slug), "w") as f:
-            f.write(f"{time.perf_counter() - start:.1f}\n")
+            f.write(f"{time.perf_counter() - start:.1f} {_children_cpu() - cpu_start:.1f}\n")
     bar.close()
