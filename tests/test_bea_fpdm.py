@@ -10,7 +10,8 @@ from torch import nn
 
 from patches.guided_diffusion import create_seam_diffusion, create_seam_model
 from plugins.bea.dual_loss import boundary_consistency_loss
-from plugins.bea.evaluation import FpdmSettings, SliceOutputs, per_slice_overlap, remove_small_components, tune
+from plugins.bea.evaluation import (FpdmSettings, SliceOutputs, per_slice_overlap, remove_small_components,
+                                    scaled_median_size, tune)
 from plugins.bea.fpdm import (combined_map, forward_process, mask_thresholds, quantile_levels, tune_sim_cut)
 from plugins.bea.plugin import BEA_DEFAULTS, HEALTHY, NUM_CLASSES, attach_bea
 from tests.gd_tiny import TINY_MODEL
@@ -107,6 +108,15 @@ def test_component_filter_and_per_slice_overlap():
     dice, iou = per_slice_overlap(kept, gt)
     assert torch.allclose(dice, torch.tensor([2 * 49 / (49 + 98), 1.0], dtype=torch.float64), atol=1e-6)
     assert torch.allclose(iou, torch.tensor([0.5, 1.0], dtype=torch.float64), atol=1e-6)
+
+
+def test_median_filter_keeps_its_extent_in_the_brain():
+    assert [scaled_median_size(5, s) for s in (32, 48, 64, 128, 256)] == [1, 1, 3, 5, 9]
+    assert scaled_median_size(1, 32) == 1 and scaled_median_size(3, 128) == 3
+    lesion = torch.zeros(1, 1, 32, 32)
+    lesion[0, 0, 10:13, 10:13] = 1.0  # 9 px: a small demo lesion at 32 px
+    assert combined_map(lesion, 5).max() == 0  # AnoFPDM's 5 x 5 at 32 px erases it
+    assert combined_map(lesion, scaled_median_size(5, 32)).sum() == 9
 
 
 def test_dual_loss_alone_does_not_collapse():

@@ -113,6 +113,7 @@ def test_training_logs_each_term_and_fpdm_writes_every_output(bea_run, load_scri
     protocol = result["protocol"]
     assert protocol["name"] == "anofpdm" and protocol["w"] == 2.0 and protocol["t_max"] == 18  # 60% of 30 steps
     assert protocol["num_steps"] == 3 and len(result["tuned"]["m_max"]) == 2 and protocol["min_component_px"] == 2
+    assert protocol["median_size"] == 5 and protocol["median_size_px"] == 1
     for table in (result["metrics"], result["reference_flair"]):
         assert {"auprc", "auroc", "dice", "iou", "image_accuracy", "num_slices"} <= set(table["mixed"])
     assert 0 <= result["reference_random_auprc"] < 1

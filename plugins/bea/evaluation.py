@@ -11,7 +11,8 @@ Scoring (AnoFPDM's ``evaluate``): the brain is ``mean_c(x) > lo + 0.025 (hi - lo
 modalities of the slice (AnoFPDM: ``> -0.95`` in [-1, 1]). Pixel AUPRC (average precision) and
 AUROC pool the brain pixels of the subset's slices. Masks are ``H >= threshold`` inside the
 brain, then components (8-connected) of at most ``min_component`` pixels at 128 px (filled area;
-AnoFPDM 40; scaled by ``(image_size / 128)^2`` for other sizes) are removed; Dice ``(2|P∩G| + 1e-6) / (|P| + |G| + 1e-6)`` and IoU are per slice, then averaged.
+AnoFPDM 40; scaled by ``(image_size / 128)^2`` for other sizes) are removed (the map's median filter,
+AnoFPDM's 5 x 5 at 128 px, is scaled by ``image_size / 128`` to the nearest odd side, :func:`scaled_median_size`); Dice ``(2|P∩G| + 1e-6) / (|P| + |G| + 1e-6)`` and IoU are per slice, then averaged.
 "mixed" = every test slice, masks gated by the image call (a healthy call has an empty mask);
 "unhealthy" = the slices holding tumour, ungated masks. The FLAIR reference scores the FLAIR
 intensity as the map (same brain, same metrics; a slice is called unhealthy when its filtered
@@ -74,7 +75,8 @@ FPDM_HELP = dict(
     fpdm_modalities="modalities whose maps are scored, comma-separated (AnoFPDM: flair,t2)",
     q_lo="mask quantile for the strongest anomalies",
     q_hi="mask quantile for the weakest anomalies",
-    median_size="median filter size of the anomaly map, pixels",
+    median_size="median filter side of the anomaly map, pixels at 128 px, scaled by the side for other sizes "
+                "(nearest odd, >= 1: 1 at 32 px, 3 at 64 px; AnoFPDM: 5 at 128 px)",
     min_component="mask components of at most this many pixels at 128 px are removed, scaled by area for "
                   "other sizes (AnoFPDM: 40 at 128 px)",
     flair_quantile="FLAIR reference threshold: this quantile of FLAIR in the brain of healthy tuning slices",
@@ -104,7 +106,8 @@ class FpdmSettings:
     flair_channel: int
     q_lo: float
     q_hi: float
-    median_size: int
+    median_size: int            # as given, pixels at 128 px
+    median_size_px: int         # applied at this image size
     min_component: int          # as given, pixels at 128 px
     min_component_px: int       # applied at this image size
     flair_quantile: float
@@ -113,7 +116,8 @@ class FpdmSettings:
         forward = "ddim_inversion" if self.name == "anofpdm" else "q_sample"
         return {"name": self.name, "forward": forward, "w": self.w, "t_max": self.t_max, "t_stride": self.t_stride,
                 "num_steps": len(self.timesteps), "modalities": self.modalities, "q_lo": self.q_lo,
-                "q_hi": self.q_hi, "median_size": self.median_size, "min_component": self.min_component,
+                "q_hi": self.q_hi, "median_size": self.median_size, "median_size_px": self.median_size_px,
+                "min_component": self.min_component,
                 "min_component_px": self.min_component_px,
                 "flair_quantile": self.flair_quantile, "brain_mask": "mean over modalities > lo + 0.025 (hi - lo)",
                 "tuning": "slice labels only (M_max, image cut, FLAIR threshold); no pixel labels"}
@@ -150,9 +154,16 @@ def resolve_settings(args, config, num_timesteps: int) -> FpdmSettings:
                         timesteps=fpdm_timesteps(t_max, stride), modalities=chosen,
                         channels=[trained.index(m) for m in chosen], flair_channel=trained.index("flair"),
                         q_lo=args.q_lo, q_hi=args.q_hi, median_size=args.median_size,
+                        median_size_px=scaled_median_size(args.median_size, int(config.image_size)),
                         min_component=args.min_component,
                         min_component_px=int(round(args.min_component * (int(config.image_size) / 128) ** 2)),
                         flair_quantile=args.flair_quantile)
+
+
+def scaled_median_size(size_at_128: int, image_size: int) -> int:
+    """The median filter side at ``image_size``: ``size_at_128 * image_size / 128`` to the nearest odd integer, >= 1
+    (the same extent in the brain as AnoFPDM's 5 px at 128 px: 1 at 32 px, 3 at 64 px, 5 at 128 px)."""
+    return max(1, 2 * int(round((size_at_128 * image_size / 128 - 1) / 2)) + 1)
 
 
 def halve_subjects(val_subjects: list, seed: int) -> tuple[list, list]:
@@ -242,7 +253,7 @@ def run_fpdm(model, diffusion, dataset, settings: FpdmSettings, batch_size: int,
         parts["subjects"] += [it["subject"] for it in items]
         parts["slice_index"] += [it["slice_index"] for it in items]
         if tuned is not None:
-            parts["maps"].append(combined_map(stats.maps, settings.median_size))
+            parts["maps"].append(combined_map(stats.maps, settings.median_size_px))
             q = quantile_levels(stats.m_te, torch.tensor(tuned.m_max), settings.q_lo, settings.q_hi)
             parts["thresholds"].append(mask_thresholds(stats.maps, q))
     cat = {k: (torch.cat(v) if v and torch.is_tensor(v[0]) else (v or None)) for k, v in parts.items()}

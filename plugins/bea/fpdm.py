@@ -14,7 +14,7 @@ possibly respaced, diffusion) and guidance strength ``w``:
     M_t[m]       = mean_pixels (x0_g - x0_r)^2 for modality m         # [K, B, M]
     t_e[m]       = argmax_t M_t[m]
     A[m]         = mean_{t <= t_e[m]} (x0_g - x0)^2[m]                # per-modality map [S, S]
-    H            = median5x5( mean_m A[m] )                           # the anomaly map
+    H            = median5x5( mean_m A[m] )                           # the anomaly map (5 at 128 px)
     e_t, e_t^r   = mean (x0_g - x0)^2, mean (x0_r - x0)^2             # error sequences over t
     sim          = cos(e, e^r)                                        # low = anomalous
 
@@ -51,6 +51,10 @@ Dice / IoU                     per slice over the whole slice   per slice, the m
                                                                 mask lies in the brain)
 small-component filter         40 px at 128 px                  40 px at 128 px, scaled by the area for
                                                                 other image sizes (2 px at 32 px)
+median filter size             5x5 at 128 px                    5x5 at 128 px, scaled by the side to the
+                                                                nearest odd size for other image sizes
+                                                                (1 = none at 32 px, 3 at 64 px): a 5x5
+                                                                filter at 32 px erases lesions of < 13 px
 tuning data                    ``num_batches_val`` random       the run's tuning half of the validation
                                validation batches               subjects, every ``slice_step``-th slice
 =============================  ===============================  =========================================
