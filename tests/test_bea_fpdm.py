@@ -155,7 +155,7 @@ def test_flair_threshold_is_the_exact_quantile_of_every_healthy_brain_pixel():
     out = SliceOutputs(m_te=torch.ones(2, 1), sim=torch.tensor([0.9, 0.1]), gt=brain, brain=brain, flair=flair,
                        images=flair, labels=torch.tensor([0, 1]), subjects=["A", "A"], slice_index=[0, 1])
     settings = FpdmSettings(name="fast", w=2.0, t_max=30, t_stride=10, timesteps=[10, 20, 30], modalities=["flair"],
-                            channels=[0], flair_channel=0, q_lo=0.9, q_hi=0.98, median_size=5, min_component=40,
-                            min_component_px=40, flair_quantile=0.99)
+                            channels=[0], flair_channel=0, q_lo=0.9, q_hi=0.98, median_size=5, median_size_px=5,
+                            min_component=40, min_component_px=40, flair_quantile=0.99)
     threshold = tune(out, settings, "tune").flair_threshold
     assert threshold == np.quantile(flat.numpy().astype(np.float64), 0.99) and threshold > 0.5
