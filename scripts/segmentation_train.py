@@ -8,7 +8,7 @@
 Joint (``--use_cls_head True``): L_total = uncertainty-weighted L_seg and L_cls (two learnable
 log-sigmas, at --uw_lr). Segmentation only: L_seg = diffusion MSE + Dice + lambda * focal of the
 calibration map. Both heads read the image pass (the UNet on the image, mask channel zeroed).
-Every epoch and the end of the run validate on the whole validation split, the sampled masks
+Every --val_interval epochs and the end of the run validate on the whole validation split, the sampled masks
 (DDIM, --val_num_ensemble) scored beside the calibration head (metrics_epoch.jsonl, TensorBoard,
 stdout; the end of the run also validation/metrics.json and cases.csv).
 Flags mirror MedSegDiff's (``--key value``); ``--help`` lists them all.

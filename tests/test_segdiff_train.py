@@ -118,6 +118,15 @@ def test_validation_every_epoch_and_at_the_end(runs):
     assert any(f.startswith("events") for f in os.listdir(runs["joint"] / "tb"))
 
 
+def test_validation_interval_skips_epochs_but_not_the_end(run_script, runs):
+    out = runs["root"] / "every_second_epoch"
+    assert run_script("segmentation_train", *runs["common"][:-1], "4", "--use_cls_head", "False",
+                      "--val_interval", "2", "--out_dir", out) == 0
+    records = read_jsonl(str(out / "metrics_epoch.jsonl"))
+    assert [(r["epoch"], r["step"], r.get("final", False)) for r in records] == [(1, 4, False), (1, 4, True)]
+    assert json.loads((out / "validation" / "metrics.json").read_text())["step"] == 4
+
+
 def test_stage_resumes_its_own_run(run_script, runs):
     i = runs["common"].index("--log_interval")
     plan = runs["common"][:i] + runs["common"][i + 2:-1]  # as the shell script ran it: the plan's intervals
@@ -191,6 +200,7 @@ def _error(capsys):
     ("segmentation_train", ["--use_cls_head", "False", "--val_timestep_respacing", "5"], "expected ddimN"),
     ("segmentation_train", ["--use_cls_head", "False", "--val_num_ensemble", "0"], "--val_num_ensemble"),
     ("segmentation_train", ["--use_cls_head", "False", "--uw_lr", "-1"], "--uw_lr"),
+    ("segmentation_train", ["--use_cls_head", "False", "--val_interval", "-1"], "--val_interval"),
     ("segmentation_train_staged", ["--stage", "3", "--csv_path", "X", "--use_cls_head", "False",
                                    "--resume_checkpoint", "X"], "--stage 3 --use_cls_head False"),
 ])

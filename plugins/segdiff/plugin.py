@@ -41,6 +41,7 @@ SEGDIFF_DEFAULTS = dict(
     uw_lr=0.0,
     val_num_ensemble=3,
     val_timestep_respacing="",
+    val_interval=1,
 )
 
 #: DDIM steps of validation sampling when --val_timestep_respacing is empty (about this many).
@@ -60,6 +61,7 @@ SEGDIFF_HELP = dict(
     uw_lr="learning rate of the log-sigmas of uncertainty weighting (0 = --lr, the stage-1 rate)",
     val_num_ensemble="DDIM samples per validation slice, fused by their mean",
     val_timestep_respacing="DDIM steps of validation sampling, ddimN (empty: about 25)",
+    val_interval="epochs between validations (0 = only at the end of the run, which always validates)",
     csv_path="grade CSV (BraTS_2020_subject_ID, Grade)",
     num_ensemble="sampled masks per slice",
     timestep_respacing="ddimN: DDIM in N steps; N: ancestral over N respaced steps; empty: every step",
@@ -95,6 +97,8 @@ def check_segdiff_args(args, stage: Stage | None = None) -> None:
         raise InputError("--uw_lr with --use_fp16 True: fp16 flattens the parameters into one group; use --use_bf16")
     if args.val_num_ensemble <= 0:
         raise InputError(f"--val_num_ensemble: got {args.val_num_ensemble}; expected a positive integer")
+    if args.val_interval < 0:
+        raise InputError(f"--val_interval: got {args.val_interval}; expected epochs >= 0 (0 = only at the end)")
     if args.val_timestep_respacing and not args.val_timestep_respacing.startswith("ddim"):
         raise InputError(f"--val_timestep_respacing {args.val_timestep_respacing!r}: expected ddimN (DDIM in N steps)")
     try:
@@ -193,6 +197,7 @@ class SegDiffPlugin(SlicePlugin):
             reference_loader = DataLoader(data.train, batch_size=64, shuffle=False, num_workers=args.num_workers)
         self.validation = EpochValidation(args.out_dir, diffusion, sampling_diffusion(args), self.objective,
                                           val_loader, self.batch, num_ensemble=args.val_num_ensemble, seed=args.seed,
+                                          interval=args.val_interval,
                                           reference=reference, reference_loader=reference_loader, log=logger.log)
 
     def batch(self, batch: dict) -> tuple:

@@ -16,12 +16,13 @@ prediction, ``calib_*`` the same for the calibration head; ``auc``/``f1``/``acc`
 log-sigmas) and ``alpha_LGG``, ``alpha_HGG`` complete the record; ``weights`` says which were
 scored (``raw``: the trained parameters, not the EMA).
 
-:class:`EpochValidation` is the epoch callback (rank 0 computes, prints one line, appends to
-``metrics_epoch.jsonl``, writes TensorBoard ``epoch/<name>``); its :meth:`~EpochValidation.final`
-runs at the end of a run, whatever the epoch boundary: a row marked ``"final": true`` (the last
-epoch's record when it was taken at the same step), and ``validation/metrics.json`` with
-``validation/cases.csv`` (one row per validation subject), with the FLAIR-thresholding reference
-(``reference_flair``, threshold fitted on the training split) beside the model's scores.
+:class:`EpochValidation` is the epoch callback (every ``interval``-th epoch, none when 0; rank 0
+computes, prints one line, appends to ``metrics_epoch.jsonl``, writes TensorBoard ``epoch/<name>``);
+its :meth:`~EpochValidation.final` runs at the end of a run, whatever the epoch boundary: a row
+marked ``"final": true`` (the last epoch's record when it was taken at the same step), and
+``validation/metrics.json`` with ``validation/cases.csv`` (one row per validation subject), with the
+FLAIR-thresholding reference (``reference_flair``, threshold fitted on the training split) beside
+the model's scores.
 """
 
 from __future__ import annotations
@@ -109,15 +110,16 @@ def format_epoch(epoch, record: dict) -> str:
 
 
 class EpochValidation:
-    """``cb(loop, epoch)``: validate on rank 0, print, log; :meth:`final` at the end of the run."""
+    """``cb(loop, epoch)``: validate on rank 0 after epochs ``interval - 1, 2 interval - 1, ...``, print, log;
+    :meth:`final` at the end of the run."""
 
     def __init__(self, run_dir: str, diffusion, sample_diffusion, objective, loader, batch_fn, *,
-                 num_ensemble: int = 3, seed: int = 0, reference: FlairThreshold | None = None,
+                 num_ensemble: int = 3, seed: int = 0, interval: int = 1, reference: FlairThreshold | None = None,
                  reference_loader=None, log=print):
         self.run_dir = run_dir
         self.diffusion, self.sample_diffusion, self.objective = diffusion, sample_diffusion, objective
         self.loader, self.batch_fn = loader, batch_fn
-        self.num_ensemble, self.seed = num_ensemble, seed
+        self.num_ensemble, self.seed, self.interval = num_ensemble, seed, interval
         self.reference, self.reference_loader = reference, reference_loader
         self.log = log
         self.metrics = MetricsLog(run_dir)
@@ -139,6 +141,8 @@ class EpochValidation:
         self._writer.flush()
 
     def __call__(self, loop, epoch: int) -> None:
+        if not self.interval or (epoch + 1) % self.interval:
+            return
         if is_main_process():
             record, cases = self._validate(loop)
             step = loop.step + loop.resume_step
