@@ -46,6 +46,9 @@ def test_reports_index_and_verdicts(reproduction):
     html = (root / "index.html").read_text()
     assert "Scale: quick scale" in html and "bea/index.html" in html and "untestable at this scale" in html
     assert "gate bea_mse fpdm/mixed.auprc" in html and "reported: FLAIR thresholding&#x27;s AUPRC" in html
+    summary = (root / "index.md").read_text().split("## Summary")[1]  # one table row per check
+    assert "| bea | fpdm/mixed.auprc " in summary and "FAILS" in summary and "| untestable at this scale |" in summary
+    assert summary.count("fpdm/mixed.auprc: bea_dual higher than bea_mse") == 1
     report = json.loads((root / "bea" / "summary.json").read_text())
     assert list(report["groups"]) == ["plain", "bea_mse", "bea_dual"] and "fpdm/mixed.auprc" in report["metrics"]
     assert set(report["config_diff"]) == {"use_bea", "boundary_loss_weight"}

@@ -58,8 +58,8 @@ class Gate:
 
 
 def evaluate_gate(gate: Gate, groups: dict) -> dict:
-    """``{"gate", "passed", "value", "threshold", "note"?}`` from the means over ``gate.arm``'s runs."""
-    out = {"gate": gate.describe(), "passed": False, "value": None, "threshold": None}
+    """``{"gate", "metric", "passed", "value", "threshold", "note"?}`` from the means over ``gate.arm``'s runs."""
+    out = {"gate": gate.describe(), "metric": gate.metric, "passed": False, "value": None, "threshold": None}
     runs = [r for r in groups.get(gate.arm, []) if gate.metric in r.final]
     refs = [r.final[gate.reference_metric] for r in runs if gate.reference_metric in r.final]
     if not runs or (gate.reference_metric and len(refs) != len(runs)):

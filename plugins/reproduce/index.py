@@ -8,6 +8,7 @@ import html
 import os
 
 from plugins.reproduce.claims import check_line, gate_line, reported_line
+from plugins.report.tables import fmt
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}li{margin:.3em 0}"
          ".supported{color:#1a7f37}.not{color:#b42318}.inconclusive{color:#8a6d00}code{font-size:12px}")
@@ -20,6 +21,28 @@ def _css(verdict: str) -> str:
 GATE_RULE = ("A verdict is drawn only when the claim's baseline beats its trivial reference (the gate); otherwise "
              "the claim is untestable at this scale. Intervals: see each report (two-level bootstrap over seeds "
              "and cases where per-case tables exist; seed-level intervals need at least 3 seeds).")
+
+
+def _figure(value) -> str:
+    return "-" if value is None else fmt(value)
+
+
+def summary_table(entries: list[dict]) -> list[str]:
+    """Markdown rows, one per check: claim, the baseline's gate figures, the check's means, difference,
+    interval and what it covers, the claim's verdict, and the comparison's wall/CPU time."""
+    rows = ["| claim | baseline competence (value vs bar) | check | variant vs other | Δ [95% CI] (covers) "
+            "| verdict | time (wall / CPU) |", "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        gates = "; ".join(f"{g.get('metric', g['gate'])} {_figure(g['value'])} vs {_figure(g['threshold'])} "
+                          f"{'ok' if g['passed'] else 'FAILS'}" for g in e.get("gates", []))
+        took = f"{e['seconds'] / 60:.0f} / {e.get('cpu_seconds', 0) / 60:.0f} min"
+        for i, c in enumerate(e["checks"]):
+            ci = "no interval" if c.get("ci") is None else f"[{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] ({c['covers']})"
+            means = f"{_figure(c.get('variant_mean'))} vs {_figure(c.get('other_mean'))}"
+            first = i == 0
+            rows.append(f"| {e['key'] if first else ''} | {gates if first else ''} | {c['check']} | {means} | "
+                        f"{_figure(c.get('diff'))} {ci} | {e['verdict'] if first else ''} | {took if first else ''} |")
+    return rows
 
 
 def write_index(root: str, entries: list[dict], scale_note: str) -> str:
@@ -47,6 +70,7 @@ def write_index(root: str, entries: list[dict], scale_note: str) -> str:
         body += [f"<p>Validation curve not logged by these runs: {html.escape(', '.join(missing))}</p>"] if missing else []
         body.append("</li>")
     body.append("</ul>")
+    md += ["", "## Summary", "", *summary_table(entries)]
     with open(os.path.join(root, "index.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     path = os.path.join(root, "index.html")
