@@ -11,7 +11,8 @@ Families, at the sizes of the reproduction's cpu scale (``--families``):
 
 A step is forward, loss, backward and an AdamW step on one fixed batch. Variants: every thread count of
 ``--threads`` (``torch.set_num_threads``) x memory format (default; channels_last on model and input, 2D
-only) x eager / ``torch.compile(model)`` (default inductor backend; the optimizer stays eager). Every variant
+only) x eager, and the same formats compiled (``torch.compile(model)``, default inductor backend, the optimizer
+eager) at each thread count of ``--compile_threads``. Every variant
 holds its own copy of the same initial weights and optimizer; the noise and timesteps of a step come from a
 seed shared by all variants, so they all compute the same function.
 
@@ -45,7 +46,7 @@ from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
 
 FAMILIES = ("gd", "sr_unet", "ae3d")
-BENCH_DEFAULTS = dict(families="gd,sr_unet,ae3d", threads="1,2", channels_last=True, compile=True,
+BENCH_DEFAULTS = dict(families="gd,sr_unet,ae3d", threads="1,2", channels_last=True, compile=True, compile_threads="1",
                       compile_timeout=300.0, compile_fallback_random=True, rounds=5, steps=1, warmup=1, check_steps=3, tolerance=1e-4,
                       gd_batch=8, sr_batch=16, ae_batch=1, lr=1e-4, seed=0)
 BENCH_HELP = dict(
@@ -53,6 +54,8 @@ BENCH_HELP = dict(
     threads="comma-separated torch CPU thread counts to compare; the first is the baseline's",
     channels_last="also time channels_last variants (2D families only)",
     compile="also time torch.compile variants (default inductor backend)",
+    compile_threads="comma-separated thread counts at which the compiled variants are timed (each count compiles "
+                    "anew: inductor bakes the thread count into its kernels)",
     compile_timeout="seconds allowed for one variant's compilation before it is reported unsupported",
     compile_fallback_random="compiled graphs draw random numbers as eager torch does (inductor's fallback_random), "
                             "so in-model noise (the autoencoder's posterior sample) matches",
@@ -206,18 +209,24 @@ class _alarm:
             signal.signal(signal.SIGALRM, self.previous)
 
 
+def thread_counts(text: str, flag: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise InputError(f"{flag}: expected distinct positive integers separated by commas, got {text!r}")
+    return counts
+
+
 def parse_args(argv):
     args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS, phrases=(BENCH_HELP,)).parse_args(argv)
     args.family_list = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in args.family_list if f not in FAMILIES]
     if bad or not args.family_list:
         raise InputError(f"--families: expected a comma-separated subset of {', '.join(FAMILIES)}, got {args.families!r}")
-    try:
-        args.thread_list = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        args.thread_list = []
-    if not args.thread_list or min(args.thread_list) < 1 or len(set(args.thread_list)) != len(args.thread_list):
-        raise InputError(f"--threads: expected distinct positive integers separated by commas, got {args.threads!r}")
+    args.thread_list = thread_counts(args.threads, "--threads")
+    args.compile_thread_list = thread_counts(args.compile_threads, "--compile_threads")
     for flag in ("rounds", "steps", "check_steps", "gd_batch", "sr_batch", "ae_batch"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
@@ -231,8 +240,10 @@ def parse_args(argv):
 
 def bench_family(family: Family, args) -> list[dict]:
     formats = (False, True) if args.channels_last and family.spatial_dims == 2 else (False,)
-    modes = (False, True) if args.compile else (False,)
-    variants = [Variant(family, t, cl, c, args.lr) for c in modes for cl in formats for t in args.thread_list]
+    settings = [(t, cl, False) for cl in formats for t in args.thread_list]
+    if args.compile:
+        settings += [(t, cl, True) for cl in formats for t in args.compile_thread_list]
+    variants = [Variant(family, t, cl, c, args.lr) for t, cl, c in settings]
     for v in variants:
         v.check(args.check_steps, args.seed, args.compile_timeout)
     base = variants[0]
