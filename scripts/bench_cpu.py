@@ -9,12 +9,12 @@ Families, at the sizes of the reproduction's cpu scale (``--families``):
 - ``ae3d``: MONAI 3D ``AutoencoderKL`` (channels 16, 32, latent 4, 1 res block, no attention); the
   autoencoder trainer's default reconstruction loss (combined) + 1e-6 KL on [B, 1, 16, 16, 16] filament crops.
 
-A step is forward, loss, backward and an AdamW step on one fixed batch. Variants: every thread count of
-``--threads`` (``torch.set_num_threads``) x memory format (default; channels_last on model and input, 2D
-only) x eager, and the same formats compiled (``torch.compile(model)``, default inductor backend, the optimizer
-eager) at each thread count of ``--compile_threads``. Every variant
-holds its own copy of the same initial weights and optimizer; the noise and timesteps of a step come from a
-seed shared by all variants, so they all compute the same function.
+A step is forward, loss, backward and an AdamW step on one fixed batch. Variants: eager at every thread count
+of ``--threads`` (``torch.set_num_threads``) x memory format (default; channels_last on model and input, 2D
+only), and compiled (``torch.compile(model)``, default inductor backend, the optimizer eager) at each thread
+count of ``--compile_threads``, in the default format (channels_last too with ``--compile_channels_last``).
+Every variant holds its own copy of the same initial weights and optimizer; the noise and timesteps of a step
+come from a seed shared by all variants, so they all compute the same function.
 
 One JSON line per variant (``figure: train_step``): ``value`` = speedup over the baseline (eager, default
 format, the first thread count) = median over ``--rounds`` interleaved rounds of the per-round time ratio
@@ -26,6 +26,7 @@ the 3D autoencoder's posterior sample other noise, hence another loss). A compil
 outlasts ``--compile_timeout`` is reported ``status: unsupported`` with the error's first line.
 
     python scripts/bench_cpu.py                                   # all families, 1 vs 2 threads, compile on
+    python scripts/bench_cpu.py --compile False --rounds 15       # eager only, tighter medians
     python scripts/bench_cpu.py --families gd --rounds 9 --steps 3
 """
 
@@ -47,7 +48,8 @@ from plugins.common.flags import make_parser
 
 FAMILIES = ("gd", "sr_unet", "ae3d")
 BENCH_DEFAULTS = dict(families="gd,sr_unet,ae3d", threads="1,2", channels_last=True, compile=True, compile_threads="1",
-                      compile_timeout=300.0, compile_fallback_random=True, rounds=5, steps=1, warmup=1, check_steps=3, tolerance=1e-4,
+                      compile_channels_last=False, compile_timeout=300.0, compile_fallback_random=True, rounds=5,
+                      steps=1, warmup=1, check_steps=3, tolerance=1e-4,
                       gd_batch=8, sr_batch=16, ae_batch=1, lr=1e-4, seed=0)
 BENCH_HELP = dict(
     families="comma-separated model families to measure: gd, sr_unet, ae3d",
@@ -56,6 +58,7 @@ BENCH_HELP = dict(
     compile="also time torch.compile variants (default inductor backend)",
     compile_threads="comma-separated thread counts at which the compiled variants are timed (each count compiles "
                     "anew: inductor bakes the thread count into its kernels)",
+    compile_channels_last="also compile the channels_last variants (each compiles anew; off keeps the run short)",
     compile_timeout="seconds allowed for one variant's compilation before it is reported unsupported",
     compile_fallback_random="compiled graphs draw random numbers as eager torch does (inductor's fallback_random), "
                             "so in-model noise (the autoencoder's posterior sample) matches",
@@ -174,13 +177,14 @@ class Variant:
 
     def check(self, steps: int, seed: int, timeout: float) -> None:
         """Run ``steps`` optimizer steps (compiling on the first), then record the next step's loss."""
-        start = time.perf_counter()
+        start, alarm = time.perf_counter(), _alarm(timeout if self.compiled else 0)
         try:
-            with _alarm(timeout if self.compiled else 0):
+            with alarm:
                 self.step(seed)
+            if alarm.fired:  # dynamo caught the timeout somewhere and ran part of the model eagerly
+                raise TimeoutError(alarm.message)
         except Exception as err:  # a compiler failure of any kind is a result to report, not a crash
-            self.status = "unsupported"
-            self.error = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            self.status, self.error = "unsupported", first_line(err)
             return
         finally:
             self.first_step_s = time.perf_counter() - start
@@ -189,14 +193,24 @@ class Variant:
         self.loss = self.step(seed + steps)
 
 
+def first_line(err: BaseException) -> str:
+    """``"Type: first line"`` of the innermost cause (dynamo wraps a backend's error in "backend=... raised:")."""
+    while err.__cause__ is not None or getattr(err, "inner_exception", None) is not None:
+        err = err.__cause__ if err.__cause__ is not None else err.inner_exception
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 class _alarm:
     """``with _alarm(s):`` raises TimeoutError after ``s`` seconds (0: no limit)."""
 
     def __init__(self, seconds: float):
-        self.seconds = seconds
+        self.seconds, self.fired = seconds, False
+        self.message = f"compilation did not finish within {seconds} s (--compile_timeout)"
 
     def _raise(self, *_):
-        raise TimeoutError(f"compilation did not finish within {self.seconds} s (--compile_timeout)")
+        self.fired = True
+        raise TimeoutError(self.message)
 
     def __enter__(self):
         if self.seconds:
@@ -224,7 +238,8 @@ def parse_args(argv):
     args.family_list = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in args.family_list if f not in FAMILIES]
     if bad or not args.family_list:
-        raise InputError(f"--families: expected a comma-separated subset of {', '.join(FAMILIES)}, got {args.families!r}")
+        raise InputError(f"--families: expected a comma-separated subset of {', '.join(FAMILIES)}, "
+                         f"got {args.families!r}")
     args.thread_list = thread_counts(args.threads, "--threads")
     args.compile_thread_list = thread_counts(args.compile_threads, "--compile_threads")
     for flag in ("rounds", "steps", "check_steps", "gd_batch", "sr_batch", "ae_batch"):
@@ -242,7 +257,8 @@ def bench_family(family: Family, args) -> list[dict]:
     formats = (False, True) if args.channels_last and family.spatial_dims == 2 else (False,)
     settings = [(t, cl, False) for cl in formats for t in args.thread_list]
     if args.compile:
-        settings += [(t, cl, True) for cl in formats for t in args.compile_thread_list]
+        settings += [(t, cl, True) for cl in formats[:2 if args.compile_channels_last else 1]
+                     for t in args.compile_thread_list]
     variants = [Variant(family, t, cl, c, args.lr) for t, cl, c in settings]
     for v in variants:
         v.check(args.check_steps, args.seed, args.compile_timeout)
