@@ -55,7 +55,8 @@ from plugins.latent_sr.trainer import all_defaults, train
 BENCH_DEFAULTS = dict(vae_path="", data_dir="data/demo/sr", out_dir="runs/backbones", backbones="unet,dit,hybrid",
                       backbone_config="config/sr_backbones.yaml",
                       seed_ratio_config="config/sr_backbones_seed_ratio.yaml", train_steps=200, batch_size=8,
-                      lr=1e-4, num_inference_steps=20, time_steps=5, time_rounds=5, max_samples=0, validation_steps=0, seed=0)
+                      lr=1e-4, num_inference_steps=20, time_steps=5, time_rounds=5, max_samples=0,
+                      validation_steps=0, seed=0)
 BENCH_HELP = dict(
     vae_path="frozen AutoencoderKL folder every backbone trains on",
     data_dir="SR pair folder",

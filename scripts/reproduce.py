@@ -27,7 +27,7 @@ def parse(argv):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--scale", choices=SCALES, default="default",
                         help="quick: tiny models, minutes on a CPU (runs end to end, learns nothing); cpu: the "
-                             "smallest sizes where each baseline is competent, hours on 2 cores; default: the "
+                             "smallest sizes where the baselines are competent, hours on 2 cores; default: the "
                              "seeds' sizes (GPU)")
     parser.add_argument("--seeds", type=int, default=0,
                         help="seeds per variant (0: the scale's own number, " +

@@ -12,7 +12,9 @@ modalities of the slice (AnoFPDM: ``> -0.95`` in [-1, 1]). Pixel AUPRC (average 
 AUROC pool the brain pixels of the subset's slices. Masks are ``H >= threshold`` inside the
 brain, then components (8-connected) of at most ``min_component`` pixels at 128 px (filled area;
 AnoFPDM 40; scaled by ``(image_size / 128)^2`` for other sizes) are removed (the map's median filter,
-AnoFPDM's 5 x 5 at 128 px, is scaled by ``image_size / 128`` to the nearest odd side, :func:`scaled_median_size`); Dice ``(2|P∩G| + 1e-6) / (|P| + |G| + 1e-6)`` and IoU are per slice, then averaged.
+AnoFPDM's 5 x 5 at 128 px, is scaled by ``image_size / 128`` to the nearest odd side,
+:func:`scaled_median_size`); Dice ``(2|P∩G| + 1e-6) / (|P| + |G| + 1e-6)`` and IoU are per slice, then
+averaged.
 "mixed" = every test slice, masks gated by the image call (a healthy call has an empty mask);
 "unhealthy" = the slices holding tumour, ungated masks. The FLAIR reference scores the FLAIR
 intensity as the map (same brain, same metrics; a slice is called unhealthy when its filtered

@@ -166,6 +166,7 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
     batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     device = pipe.denoiser.device
     generator = torch.Generator().manual_seed(seed)
+    pixel_range = pipe.config.pixel_range
     sr_scores, bic_scores, vae_scores, names, first, seconds = {}, {}, {}, [], {}, 0.0
     for idx in tqdm(batches, desc="sample_sr", disable=not progress):
         items = [dataset[i] for i in idx]
@@ -178,7 +179,6 @@ def evaluate_pipeline(pipe, dataset, num_inference_steps: int = 20, batch_size: 
         seconds += time.perf_counter() - start
         sr = sr.cpu()
         bicubic = upsample(low, dataset.scale)
-        pixel_range = pipe.config.pixel_range
         autoencoded = codec.decode(pipe.vae, codec.encode(pipe.vae, high.to(device), pixel_range), pixel_range)
         for store, pred in ((sr_scores, sr), (bic_scores, bicubic), (vae_scores, autoencoded.clamp(0.0, 1.0))):
             for k, v in image_scores(pred, high).items():

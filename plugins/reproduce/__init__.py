@@ -56,7 +56,8 @@ def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000
     write_report(groups, result, report, comp.title, scale_note(ctx) + f" Claim: {comp.claim}")
     gates = [evaluate_gate(g, groups) for g in comp.gates]
     reported = [evaluate_reported(r, groups) for r in comp.reported]
-    curves = [os.path.join(report, "curves", f"{x}_{key}.png") for key in comp.curves for x in ("step", "epoch")]
+    curves = {k: [p for x in ("step", "epoch") if os.path.exists(p := os.path.join(report, "curves", f"{x}_{k}.png"))]
+              for k in comp.curves}
     checks = []
     for check in comp.checks:
         why = result["not_comparable"].get(check.variant) or result["not_comparable"].get(check.baseline)
@@ -66,9 +67,8 @@ def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000
     wall, cpu = job_seconds(ctx.root, jobs)
     entry = {"key": key, "title": comp.title, "claim": comp.claim, "verdict": claim_verdict(checks, gates),
              "gates": gates, "reported": reported, "checks": checks, "report": report,
-             "curves": [c for c in curves if os.path.exists(c)],
-             "missing_curves": [k for k in comp.curves if not any(os.path.exists(c) and c.endswith(f"_{k}.png")
-                                                                  for c in curves)],
+             "curves": [p for paths in curves.values() for p in paths],
+             "missing_curves": [k for k, paths in curves.items() if not paths],
              "seconds": wall, "cpu_seconds": cpu}
     print(f"verdict: {entry['verdict']}\n" + "\n".join(f"  {line}" for line in
                                                         [*map(gate_line, gates), *map(reported_line, reported),

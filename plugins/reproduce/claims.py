@@ -1,6 +1,7 @@
 """Verdicts on a seed's claim from the runs of its comparison, behind a competence gate.
 
-A claim first names its :class:`Gate`s (and :class:`Reported` figures shown beside them): the baseline must beat a trivial reference (FLAIR thresholding,
+A claim first names its :class:`Gate`s (and :class:`Reported` figures shown beside them, which gate
+nothing): the baseline must beat a trivial reference or reach a fixed bar (FLAIR thresholding,
 a random map, bicubic upsampling, the all-black reconstruction) measured on the same validation cases,
 ``mean(arm metric) > factor * mean(reference) + margin`` (``<`` for ``lower``). While any gate fails the
 verdict is "untestable at this scale", with the numbers: an experiment whose baseline never learned
@@ -89,7 +90,8 @@ def evaluate_reported(item: Reported, groups: dict) -> dict:
 
 
 def reported_line(r: dict) -> str:
-    return f"reported: {r['label']} ({r['arm']} {r['metric']}): {fmt(r['value']) if r['value'] is not None else 'missing'}"
+    value = "missing" if r["value"] is None else fmt(r["value"])
+    return f"reported: {r['label']} ({r['arm']} {r['metric']}): {value}"
 
 
 def gate_line(g: dict) -> str:

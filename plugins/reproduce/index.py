@@ -65,9 +65,11 @@ def write_index(root: str, entries: list[dict], scale_note: str) -> str:
         curves = [os.path.relpath(c, root) for c in e.get("curves", [])]
         missing = e.get("missing_curves", [])
         md += [f"  - validation curve: ![{c}]({c})" for c in curves]
-        md += [f"  - validation curve not logged by these runs: {', '.join(missing)}"] if missing else []
+        if missing:
+            md.append(f"  - validation curve not logged by these runs: {', '.join(missing)}")
         body += [f"<img src='{html.escape(c)}' alt='{html.escape(c)}' width='360'>" for c in curves]
-        body += [f"<p>Validation curve not logged by these runs: {html.escape(', '.join(missing))}</p>"] if missing else []
+        if missing:
+            body.append(f"<p>Validation curve not logged by these runs: {html.escape(', '.join(missing))}</p>")
         body.append("</li>")
     body.append("</ul>")
     md += ["", "## Summary", "", *summary_table(entries)]
