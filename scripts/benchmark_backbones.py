@@ -55,7 +55,8 @@ from plugins.latent_sr.trainer import all_defaults, train
 BENCH_DEFAULTS = dict(vae_path="", data_dir="data/demo/sr", out_dir="runs/backbones", backbones="unet,dit,hybrid",
                       backbone_config="config/sr_backbones.yaml",
                       seed_ratio_config="config/sr_backbones_seed_ratio.yaml", train_steps=200, batch_size=8,
-                      lr=1e-4, num_inference_steps=20, time_steps=5, time_rounds=5, max_samples=0,
+                      lr=1e-4, lr_scheduler="constant_with_warmup", ema_decay=0.999, num_inference_steps=20,
+                      time_steps=5, time_rounds=5, max_samples=0,
                       validation_steps=0, seed=0)
 BENCH_HELP = dict(
     vae_path="frozen AutoencoderKL folder every backbone trains on",
@@ -67,6 +68,8 @@ BENCH_HELP = dict(
     train_steps="training steps per backbone",
     batch_size="training pairs per step",
     lr="learning rate",
+    lr_scheduler="diffusers learning-rate schedule (constant_with_warmup, cosine: to 0 at --train_steps, ...)",
+    ema_decay="maximum EMA decay per step of the sampled weights (about 1/(1-decay) steps averaged)",
     num_inference_steps="Euler sampling steps",
     time_steps="training steps timed (median step time)",
     time_rounds="interleaved sampling timing rounds",
@@ -132,7 +135,8 @@ def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple
     cfg = all_defaults({
         "data_dir": args.data_dir, "out_dir": run_dir, "vae_path": args.vae_path, "backbone": name,
         "backbone_config": config, "max_steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "checkpointing_steps": args.train_steps, "report_to": "",
+        "lr_scheduler": args.lr_scheduler, "ema_decay": args.ema_decay, "seed": args.seed,
+        "checkpointing_steps": args.train_steps, "report_to": "",
         "validation_steps": args.validation_steps, "validation_inference_steps": args.num_inference_steps})
     result = train(cfg)
     pipe = load_pipeline(result["pipeline_dir"])

@@ -6,8 +6,9 @@ write its compare_runs report, and an index page with one verdict line per claim
     python scripts/reproduce.py --scale default --seeds 3  # the seeds' sizes, meant for a GPU
     python scripts/reproduce.py --scale cpu --only sr      # a subset of: bea, autoencoder, segmentation, sr, backbones
 
-Resumable: run the same command again and finished steps are skipped, interrupted runs continue from
-their last checkpoint. Writes OUT_DIR/index.html (verdicts + links), OUT_DIR/<comparison>/index.html
+Steps that do not depend on each other run at once (--jobs, one per core on a CPU). Resumable: run the same
+command again and finished steps are skipped, interrupted runs continue from their last checkpoint; one
+folder serves one reproduce.py at a time. Writes OUT_DIR/index.html (verdicts + links), OUT_DIR/<comparison>/index.html
 (the reports), OUT_DIR/verdicts.json; runs and logs under OUT_DIR/runs and OUT_DIR/logs.
 """
 
@@ -37,16 +38,19 @@ def parse(argv):
     parser.add_argument("--only", default=",".join(COMPARISONS), help="comma-separated comparisons to run")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per step (0: torch's default; 1 is fastest on a busy 2-core CPU)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="steps run at once, each a process with --threads threads (0: one per CPU core at the "
+                             "quick and cpu scales, 1 at the default scale, whose steps each fill a GPU)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples when not enumerated")
     return parser.parse_args(argv)
 
 
-def ensure_demo_data(data_dir: str, root: str, threads: int) -> None:
+def ensure_demo_data(data_dir: str, root: str, threads: int, workers: int) -> None:
     """Build the missing kinds of the embedded data with scripts/make_demo_data.py."""
     jobs = [Job(f"data/{kind}", "make_demo_data", ["--kind", kind, "--out_dir", data_dir])
             for kind, marker in DEMO_KINDS.items() if not os.path.exists(os.path.join(data_dir, marker))]
     if jobs:
-        run_jobs(jobs, root, desc="demo data", threads=threads)
+        run_jobs(jobs, root, desc="demo data", threads=threads, workers=workers)
 
 
 def main(argv=None):
@@ -55,13 +59,14 @@ def main(argv=None):
     unknown = [k for k in keys if k not in COMPARISONS]
     if unknown or not keys:
         raise InputError(f"--only: got {args.only!r}; expected a comma-separated subset of {', '.join(COMPARISONS)}")
-    if args.seeds < 0 or args.threads < 0:
-        raise InputError("--seeds and --threads: expected integers >= 0")
+    if args.seeds < 0 or args.threads < 0 or args.jobs < 0:
+        raise InputError("--seeds, --threads and --jobs: expected integers >= 0")
+    workers = args.jobs or (1 if args.scale == "default" else len(os.sched_getaffinity(0)))
     seeds = args.seeds or DEFAULT_SEEDS[args.scale]
     root = os.path.abspath(args.out_dir or os.path.join("reports", f"reproduce_{args.scale}"))
     ctx = Context(root=root, data_dir=os.path.abspath(args.data_dir), scale=args.scale, seeds=list(range(seeds)))
-    ensure_demo_data(ctx.data_dir, root, args.threads)
-    index = reproduce(ctx, keys, threads=args.threads, resamples=args.resamples)
+    ensure_demo_data(ctx.data_dir, root, args.threads, workers)
+    index = reproduce(ctx, keys, threads=args.threads, workers=workers, resamples=args.resamples)
     print(f"\nreport: {index}")
 
 

@@ -12,7 +12,7 @@ from plugins.report.runs import Run
 from plugins.reproduce import COMPARISONS, Context, check_scale, reproduce
 from plugins.reproduce.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, UNTESTABLE, Check, Gate,
                                       claim_verdict, decide, evaluate_check, evaluate_gate, gate_line)
-from plugins.reproduce.jobs import run_jobs
+from plugins.reproduce.jobs import folder_lock, run_jobs
 
 TINY = {
     "bea_train": ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions",
@@ -28,7 +28,7 @@ def reproduction(tmp_path_factory, tiny_cohort):
     root = tmp_path_factory.mktemp("reproduce") / "quick"
     ctx = Context(root=str(root), data_dir=os.path.dirname(str(tiny_cohort)), scale="quick", seeds=[0],
                   overrides=TINY)
-    index = reproduce(ctx, ["bea"], threads=1)
+    index = reproduce(ctx, ["bea"], threads=1, workers=2)
     return ctx, root, index
 
 
@@ -68,6 +68,30 @@ def test_resumes_from_finished_parts(reproduction):
     assert wall > 0 and cpu > 0  # the step's own process tree, whatever else the machine runs
 
 
+def test_steps_run_side_by_side_after_what_they_read(reproduction):
+    """Two workers: each FPDM evaluation starts after its own training ended; the trainings overlap."""
+    ctx, root, _ = reproduction
+
+    def span(slug):
+        marker = root / "done" / slug
+        return marker.stat().st_mtime - float(marker.read_text().split()[0]), marker.stat().st_mtime
+
+    spans = {v: (span(f"bea__{v}_s0__train"), span(f"bea__{v}_s0__fpdm")) for v in ("plain", "bea_mse", "bea_dual")}
+    for (_, train_end), (fpdm_start, _) in spans.values():
+        assert fpdm_start >= train_end - 0.2
+    (plain_start, plain_end), (mse_start, _) = spans["plain"][0], spans["bea_mse"][0]
+    assert mse_start < plain_end  # the second training did not wait for the first
+
+
+def test_one_folder_serves_one_reproduction(reproduction):
+    ctx, root, _ = reproduction
+    before = (root / "verdicts.json").read_text()
+    with folder_lock(str(root)):
+        with pytest.raises(InputError, match=r"another reproduction \(pid \d+\) is running in this folder"):
+            reproduce(ctx, ["bea"])
+    assert (root / "verdicts.json").read_text() == before
+
+
 def test_one_comparison_at_a_time_keeps_the_others_verdicts(reproduction):
     """``--only bea`` again: the folder's earlier verdict of another comparison stays in verdicts.json and the index."""
     ctx, root, _ = reproduction
@@ -90,11 +114,14 @@ def test_a_different_scale_is_refused_and_a_failed_step_names_its_log(reproducti
     with pytest.raises(InputError, match=r"step bea/plain_s0/train failed \(exit 2\); its output: .*\.log"):
         reproduce(broken, ["bea"])
     assert not os.path.exists(root / "broken" / "done" / "bea__plain_s0__train")
+    assert not os.path.exists(root / "broken" / "verdicts.json")  # nothing finished: no verdicts, no index
 
 
-def test_cli_refuses_unknown_comparisons(load_script, capsys):
+def test_cli_refuses_unknown_comparisons_and_negative_counts(load_script, capsys):
     assert run_main(load_script("reproduce").main, ["--scale", "quick", "--only", "bea,nope"]) == 2
     assert "--only: got 'bea,nope'; expected a comma-separated subset of bea, autoencoder" in capsys.readouterr().err
+    assert run_main(load_script("reproduce").main, ["--scale", "quick", "--jobs", "-1"]) == 2
+    assert "--seeds, --threads and --jobs: expected integers >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("interval, margin, min_effect, verdict", [

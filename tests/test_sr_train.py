@@ -119,6 +119,15 @@ def test_resume_latest_continues_exactly(env):
     assert steps == [1, 2, 3, 4]
 
 
+def test_cosine_schedule_decays_to_zero_at_max_steps(env):
+    """diffusers' cosine schedule after 1 warm-up step: lr(s) = lr * (1 + cos(pi * (s - 1) / 3)) / 2 for s >= 1."""
+    out = str(env["root"] / "cosine")
+    train_main(train_argv(env["data"], env["vae"], env["yaml"], out, 4, "--lr", "1e-3", "--lr_warmup_steps", "1",
+                          "--lr_scheduler", "cosine"))
+    lrs = [r["lr"] for r in read_jsonl(os.path.join(out, "metrics_step.jsonl"))]
+    assert lrs == pytest.approx([1e-3, 7.5e-4, 2.5e-4, 0.0], abs=1e-9)
+
+
 def _refused(env, capsys, extra, match, yaml_path=None, data=None, vae=None):
     out = str(env["root"] / "refused")
     argv = train_argv(data or env["data"], env["vae"] if vae is None else vae, yaml_path or env["yaml"], out, 1,
@@ -136,6 +145,7 @@ def _refused(env, capsys, extra, match, yaml_path=None, data=None, vae=None):
     (["--backbone", "vit"], ["--backbone", "unet, dit, hybrid"]),
     (["--validation_steps", "-1"], ["--validation_steps", ">= 0"]),
     (["--validation_inference_steps", "0"], ["--validation_inference_steps", "positive"]),
+    (["--lr_scheduler", "step"], ["--lr_scheduler", "cosine", "constant_with_warmup"]),
 ])
 def test_bad_flags_are_refused(env, capsys, extra, match):
     _refused(env, capsys, extra, match)

@@ -19,7 +19,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -55,6 +55,7 @@ SR_DEFAULTS = dict(
     max_grad_norm=1.0,
     adam_weight_decay=0.0,
     lr_warmup_steps=0,
+    lr_scheduler="constant_with_warmup",
     use_ema=True,
     ema_decay=0.999,
     checkpointing_steps=500,
@@ -83,6 +84,8 @@ SR_HELP = dict(
     max_grad_norm="maximum total gradient norm (0 = no clipping)",
     adam_weight_decay="AdamW weight decay",
     lr_warmup_steps="steps of linear learning-rate warm-up",
+    lr_scheduler="diffusers learning-rate schedule after the warm-up: constant_with_warmup, cosine (to 0 at "
+                 "--max_steps), linear, ...",
     use_ema="keep an EMA of the weights (diffusers' EMAModel) and sample with it",
     ema_decay="maximum EMA decay per step",
     checkpointing_steps="steps between accelerate checkpoints",
@@ -97,6 +100,8 @@ SR_HELP = dict(
 CHECKPOINT_DIR = "checkpoints"
 PIPELINE_DIR = "pipeline"
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: diffusers' schedules that need no extra arguments (``SchedulerType`` less the piecewise one).
+LR_SCHEDULERS = tuple(t.value for t in SchedulerType if t.value != "piecewise_constant")
 
 
 def all_defaults(overrides: dict | None = None) -> dict:
@@ -135,6 +140,8 @@ def check_config(cfg: dict) -> None:
     check_loss_config(cfg)
     check_backbone_name(cfg["backbone"])
     codec.check_pixel_range(cfg["vae_pixel_range"])
+    if cfg["lr_scheduler"] not in LR_SCHEDULERS:
+        raise InputError(f"--lr_scheduler: expected one of {', '.join(LR_SCHEDULERS)}, got {cfg['lr_scheduler']!r}")
     if cfg["mixed_precision"] not in MIXED_PRECISION:
         raise InputError(f"--mixed_precision: expected one of {MIXED_PRECISION}, got {cfg['mixed_precision']!r}")
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every"):
@@ -254,8 +261,9 @@ def train(cfg: dict) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     objective = SRFlowObjective(vae, cfg, dataset.scale, cfg["vae_pixel_range"])
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=cfg["lr"], weight_decay=cfg["adam_weight_decay"])
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
-                                 num_warmup_steps=cfg["lr_warmup_steps"] * accelerator.num_processes)
+    lr_scheduler = get_scheduler(cfg["lr_scheduler"], optimizer,
+                                 num_warmup_steps=cfg["lr_warmup_steps"] * accelerator.num_processes,
+                                 num_training_steps=cfg["max_steps"] * accelerator.num_processes)
     ema = EMAModel(denoiser.parameters(), decay=cfg["ema_decay"]) if cfg["use_ema"] else None
     loader = DataLoader(dataset, batch_size=cfg["batch_size"], shuffle=True, num_workers=cfg["num_workers"],
                         drop_last=len(dataset) >= cfg["batch_size"] * accelerator.num_processes,

@@ -1,8 +1,8 @@
 """One command that reproduces every seed's claim on the embedded data.
 
-``reproduce(ctx, keys)`` runs each comparison of :data:`COMPARISONS` in turn (its jobs through the
-project's scripts, one at a time, resumable), writes its report with :mod:`plugins.report` into
-``ROOT/<comparison>/``, checks that its baseline beats the trivial reference (the competence gate) and
+``reproduce(ctx, keys)`` runs the jobs of the comparisons of :data:`COMPARISONS` (the project's scripts,
+several at once where they do not depend on each other, resumable), writes each comparison's report with
+:mod:`plugins.report` into ``ROOT/<comparison>/``, checks that its baseline beats the trivial reference (the competence gate) and
 judges its claim (:mod:`plugins.reproduce.claims`), and writes
 ``ROOT/index.html``/``index.md`` (verdicts, links, scale) and ``ROOT/verdicts.json``.
 """
@@ -19,7 +19,7 @@ from plugins.reproduce.claims import (check_line, claim_verdict, evaluate_check,
                                       gate_line, reported_line)
 from plugins.reproduce.comparisons import COMPARISONS, DEFAULT_SEEDS, SCALES, Context
 from plugins.reproduce.index import write_index
-from plugins.reproduce.jobs import Job, JobFailed, job_seconds, run_jobs
+from plugins.reproduce.jobs import Job, JobFailed, folder_lock, is_done, job_seconds, run_jobs
 
 __all__ = ["COMPARISONS", "DEFAULT_SEEDS", "SCALES", "Context", "Job", "JobFailed", "check_scale", "reproduce"]
 
@@ -45,11 +45,9 @@ def scale_note(ctx: Context) -> str:
     return f"Scale: {ctx.scale} scale: {SCALES[ctx.scale]}. Seeds: {', '.join(map(str, ctx.seeds))}{capped}."
 
 
-def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000) -> dict:
-    """Run one comparison's jobs, write its report; returns its index entry."""
+def report_comparison(ctx: Context, key: str, jobs: list[Job], runs: dict, resamples: int = 10_000) -> dict:
+    """Write the report of one comparison whose ``jobs`` have run; returns its index entry."""
     comp = COMPARISONS[key]
-    jobs, runs = comp.plan(ctx)
-    run_jobs(jobs, ctx.root, desc=key, threads=threads)
     groups = read_groups([f"{v}={','.join(runs[v])}" for v in comp.variants if v in runs])
     result = compare(groups, resamples=resamples)
     report = os.path.join(ctx.root, key)
@@ -76,22 +74,37 @@ def run_comparison(ctx: Context, key: str, threads: int, resamples: int = 10_000
     return entry
 
 
-def reproduce(ctx: Context, keys: list[str], threads: int = 1, resamples: int = 10_000) -> str:
-    """Run the comparisons ``keys`` in order and write the index; returns ``index.html``'s path.
+def reproduce(ctx: Context, keys: list[str], threads: int = 1, workers: int = 1, resamples: int = 10_000) -> str:
+    """Run the jobs of the comparisons ``keys`` (up to ``workers`` at once), report each comparison whose jobs all
+    finished, and write the index; returns ``index.html``'s path (raises the first failed step's error after
+    reporting the comparisons it did not stop).
 
     The folder's earlier verdicts of other comparisons (same scale and seeds) stay in ``verdicts.json`` and
     the index, so the table can be filled one comparison at a time (``--only``).
     """
-    check_scale(ctx)
-    path = os.path.join(ctx.root, "verdicts.json")
-    earlier = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved.get("seeds") == ctx.seeds:
-            earlier = {e["key"]: e for e in saved["comparisons"]}
-    for key in keys:
-        earlier[key] = run_comparison(ctx, key, threads, resamples)
-        entries = [earlier[k] for k in COMPARISONS if k in earlier]
-        write_json_atomic(path, {"scale": ctx.scale, "seeds": ctx.seeds, "comparisons": entries}, indent=2)
-    return write_index(ctx.root, entries, scale_note(ctx))
+    with folder_lock(ctx.root):
+        check_scale(ctx)
+        plans = {key: COMPARISONS[key].plan(ctx) for key in keys}
+        unique = {job.name: job for jobs, _ in plans.values() for job in jobs}  # the shared SR VAE runs once
+        failure = None
+        try:
+            run_jobs(list(unique.values()), ctx.root, desc="reproduce", threads=threads, workers=workers)
+        except JobFailed as err:
+            failure = err
+        path = os.path.join(ctx.root, "verdicts.json")
+        entries = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved.get("seeds") == ctx.seeds:
+                entries = {e["key"]: e for e in saved["comparisons"]}
+        finished = [key for key, (jobs, _) in plans.items() if all(is_done(ctx.root, job) for job in jobs)]
+        for key in finished:
+            entries[key] = report_comparison(ctx, key, *plans[key], resamples)
+        if finished:
+            ordered = [entries[k] for k in COMPARISONS if k in entries]
+            write_json_atomic(path, {"scale": ctx.scale, "seeds": ctx.seeds, "comparisons": ordered}, indent=2)
+            write_index(ctx.root, ordered, scale_note(ctx))
+    if failure is not None:
+        raise failure
+    return os.path.join(ctx.root, "index.html")

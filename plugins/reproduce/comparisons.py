@@ -167,7 +167,8 @@ def _bea_plan(ctx: Context):
                 "--cache_dir", cache, "--resume_checkpoint", "latest", *ctx.settings["bea_train"], *flags]))
             jobs.append(Job(f"bea/{variant}_s{seed}/fpdm", "translation_FPDM_bea_dual_loss", [
                 "--model_path", run, "--data_dir", os.path.join(ctx.data_dir, "brats"),
-                "--out_dir", os.path.join(run, "fpdm"), "--seed", seed, *ctx.settings["bea_fpdm"]]))
+                "--out_dir", os.path.join(run, "fpdm"), "--seed", seed, *ctx.settings["bea_fpdm"]],
+                after=(jobs[-1].name,)))
     return jobs, groups
 
 
@@ -207,14 +208,17 @@ def _seg_plan(ctx: Context):
             extra = ["--use_cls_head", "False"] if stage == 1 else ["--resume_checkpoint", previous]
             jobs.append(Job(f"segmentation/staged_s{seed}/stage{stage}", "segmentation_train_staged", [
                 *common, "--seed", seed, "--stage", stage, "--out_dir", out, *extra, "--max_steps", steps,
-                "--save_interval", steps]))
+                "--save_interval", steps], after=(jobs[-1].name,) if stage > 1 else ()))
             previous = out
+        trained = {"seg_only": f"segmentation/seg_only_s{seed}/train", "joint": f"segmentation/joint_s{seed}/train",
+                   "staged": jobs[-1].name}
         for variant, run in runs.items():
             groups[variant].append(run)
             if ctx.settings["seg_sample"] is not None:
                 jobs.append(Job(f"segmentation/{variant}_s{seed}/sample", "segmentation_sample_v2", [
                     "--model_path", os.path.join(run, f"model{last[variant]:06d}.pt"), "--data_dir", brats,
-                    "--out_dir", os.path.join(run, "eval"), "--seed", seed, *ctx.settings["seg_sample"]]))
+                    "--out_dir", os.path.join(run, "eval"), "--seed", seed, *ctx.settings["seg_sample"]],
+                    after=(trained[variant],)))
     return jobs, groups
 
 
@@ -251,10 +255,11 @@ def _sr_plan(ctx: Context):
             groups[variant].append(run)
             jobs.append(Job(f"sr/{variant}_s{seed}/train", script, [
                 *ctx.settings["sr_train"], "--data_dir", sr, "--vae_path", vae_path, "--out_dir", run,
-                "--seed", seed, "--backbone_config", backbone_config(ctx), "--resume_checkpoint", "latest"]))
+                "--seed", seed, "--backbone_config", backbone_config(ctx), "--resume_checkpoint", "latest"],
+                after=(vae.name,)))
             jobs.append(Job(f"sr/{variant}_s{seed}/sample", "sample_sr", [
                 "--model_path", run, "--data_dir", sr, "--out_dir", os.path.join(run, "eval"), "--seed", seed,
-                *ctx.settings["sr_sample"]]))
+                *ctx.settings["sr_sample"]], after=(jobs[-1].name,)))
     return jobs, groups
 
 
@@ -269,7 +274,7 @@ def _backbone_plan(ctx: Context):
         jobs.append(Job(f"backbones/s{seed}/benchmark", "benchmark_backbones", [
             "--vae_path", vae_path, "--data_dir", os.path.join(ctx.data_dir, "sr"), "--out_dir", out,
             "--seed", seed, "--backbone_config", backbone_config(ctx),
-            "--seed_ratio_config", backbone_config(ctx, seed_ratio=True), *flags]))
+            "--seed_ratio_config", backbone_config(ctx, seed_ratio=True), *flags], after=(vae.name,)))
         for name in names:
             groups[name].append(os.path.join(out, "matched", name))
             groups[f"{name}_seed_ratio"].append(os.path.join(out, "seed_ratio", name))
