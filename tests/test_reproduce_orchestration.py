@@ -12,7 +12,7 @@ from plugins.report.runs import Run
 from plugins.reproduce import COMPARISONS, Context, check_scale, reproduce
 from plugins.reproduce.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, UNTESTABLE, Check, Gate,
                                       claim_verdict, decide, evaluate_check, evaluate_gate, gate_line)
-from plugins.reproduce.jobs import folder_lock, run_jobs
+from plugins.reproduce.jobs import check_order, folder_lock, run_jobs
 
 TINY = {
     "bea_train": ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions",
@@ -81,6 +81,28 @@ def test_steps_run_side_by_side_after_what_they_read(reproduction):
         assert fpdm_start >= train_end - 0.2
     (plain_start, plain_end), (mse_start, _) = spans["plain"][0], spans["bea_mse"][0]
     assert mse_start < plain_end  # the second training did not wait for the first
+
+
+def test_cpu_plans_wait_for_what_they_read(tmp_path):
+    """Every step starts after the steps whose output it reads; the cpu scale's seeds per comparison; the
+    segmentation cohort of 30 subjects is built before any segmentation training."""
+    ctx = Context(root=str(tmp_path), data_dir="data/demo", scale="cpu", seeds=[0, 1, 2])
+    plans = {key: comp.plan(ctx) for key, comp in COMPARISONS.items()}
+    for jobs, _ in plans.values():
+        check_order(jobs)
+        for job in jobs:
+            if job.name.endswith(("/fpdm", "/sample", "/stage2", "/stage3")):
+                assert job.after == (job.name.rsplit("/", 1)[0] + ("/train" if "stage" not in job.name else
+                                                                   f"/stage{int(job.name[-1]) - 1}"),)
+    assert {key: len(runs[next(iter(runs))]) for key, (_, runs) in plans.items()} == {
+        "bea": 3, "autoencoder": 2, "segmentation": 1, "sr": 2, "backbones": 1}
+    seg_jobs = plans["segmentation"][0]
+    cohort = seg_jobs[0]
+    assert cohort.script == "make_demo_data" and cohort.args[cohort.args.index("--num_subjects") + 1] == 30
+    trains = [j for j in seg_jobs if j.name.endswith(("/train", "/stage1"))]
+    assert len(trains) == 3 and all(j.after == (cohort.name,) for j in trains)
+    assert all(os.path.join(str(tmp_path), "data", "cohort_30", "brats") in j.args for j in trains)
+    assert all(j.after == ("sr/vae/train",) for j in plans["backbones"][0][1:])
 
 
 def test_one_folder_serves_one_reproduction(reproduction):

@@ -29,9 +29,10 @@ def _figure(value) -> str:
 
 def summary_table(entries: list[dict]) -> list[str]:
     """Markdown rows, one per check: claim, the baseline's gate figures, the check's means, difference,
-    interval and what it covers, the claim's verdict, and the comparison's wall/CPU time."""
+    interval and what it covers, the claim's verdict, and the comparison's steps' time (wall summed over steps,
+    which may run side by side, and CPU)."""
     rows = ["| claim | baseline competence (value vs bar) | check | variant vs other | Δ [95% CI] (covers) "
-            "| verdict | time (wall / CPU) |", "|---|---|---|---|---|---|---|"]
+            "| verdict | steps' time (wall summed / CPU) |", "|---|---|---|---|---|---|---|"]
     for e in entries:
         gates = "; ".join(f"{g.get('metric', g['gate'])} {_figure(g['value'])} vs {_figure(g['threshold'])} "
                           f"{'ok' if g['passed'] else 'FAILS'}" for g in e.get("gates", []))
@@ -52,7 +53,7 @@ def write_index(root: str, entries: list[dict], scale_note: str) -> str:
             f"<p>{html.escape(GATE_RULE)}</p><ul>"]
     for e in entries:
         rel = os.path.relpath(e["report"], root)
-        took = f"{e['seconds']:.0f} s wall, {e.get('cpu_seconds', 0):.0f} CPU s"
+        took = f"steps: {e['seconds']:.0f} s wall summed, {e.get('cpu_seconds', 0):.0f} CPU s"
         md += [f"- **{e['verdict']}** — {e['claim']} ([{e['title']}]({rel}/report.md), {took})"]
         lines = [*map(gate_line, e.get("gates", [])), *map(reported_line, e.get("reported", [])),
                  *map(check_line, e["checks"])]

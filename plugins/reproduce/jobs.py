@@ -91,7 +91,8 @@ def folder_lock(root: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _check_order(jobs: list[Job]) -> None:
+def check_order(jobs: list[Job]) -> None:
+    """Refuse a plan whose job waits for one that no earlier job provides (it would never start)."""
     names = [job.name for job in jobs]
     for i, job in enumerate(jobs):
         missing = [a for a in job.after if a not in names[:i]]
@@ -107,7 +108,7 @@ def run_jobs(jobs: list[Job], root: str, desc: str, threads: int, workers: int =
 
     ``timings`` (if given) receives ``{job.name: seconds}`` for the jobs run now.
     """
-    _check_order(jobs)
+    check_order(jobs)
     os.makedirs(os.path.join(root, "done"), exist_ok=True)
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     env = job_env(threads)
