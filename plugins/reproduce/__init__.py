@@ -24,6 +24,9 @@ from plugins.reproduce.jobs import Job, JobFailed, folder_lock, is_done, job_sec
 __all__ = ["COMPARISONS", "DEFAULT_SEEDS", "SCALES", "Context", "Job", "JobFailed", "check_scale", "reproduce"]
 
 SCALE_FILE = "scale.json"
+#: Comparisons whose steps are queued first: the backbone benchmark is one long step (every backbone trained in
+#: one process), so it starts early and the other comparisons' steps fill the remaining cores.
+START_FIRST = ("backbones",)
 
 
 def check_scale(ctx: Context) -> None:
@@ -85,7 +88,8 @@ def reproduce(ctx: Context, keys: list[str], threads: int = 1, workers: int = 1,
     with folder_lock(ctx.root):
         check_scale(ctx)
         plans = {key: COMPARISONS[key].plan(ctx) for key in keys}
-        unique = {job.name: job for jobs, _ in plans.values() for job in jobs}  # the shared SR VAE runs once
+        order = sorted(keys, key=lambda k: k not in START_FIRST)
+        unique = {job.name: job for k in order for job in plans[k][0]}  # the shared SR VAE runs once
         failure = None
         try:
             run_jobs(list(unique.values()), ctx.root, desc="reproduce", threads=threads, workers=workers)
