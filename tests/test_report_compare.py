@@ -10,12 +10,14 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from matplotlib import image as mpl_image
+from torchmetrics.functional.classification import binary_auroc
 
 from plugins.common.errors import run_main
 from plugins.report import compare, read_groups, write_report
 from plugins.common.run_log import write_case_table
-from plugins.report.stats import bootstrap_ci, two_level_ci
+from plugins.report.stats import auc_ci, bootstrap_ci, two_level_ci
 
 TRAIN = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
          "--num_heads", "1", "--batch_size", "4", "--diffusion_steps", "30", "--log_interval", "1",
@@ -163,6 +165,31 @@ def test_two_level_interval_resamples_subjects_with_all_their_cases():
     ci, _, _ = two_level_ci(None, spread, seed=0)
     assert ci[0] < 0.7 and ci[1] > 1.3
     assert two_level_ci(None, {0: {"A": ("A", 1.0)}})[0] is None
+
+
+def test_auc_interval_resamples_subjects_within_each_class():
+    def table(values):
+        return {0: {subj: (subj, v) for subj, v in values.items()}}
+    # positives A (0.9), B (0.2), negative C (0.5): pairs (A, C) = 1, (B, C) = 0, AUC 0.5; a stratified
+    # resample draws two positives and C: {A, A} (AUC 1), {A, B} (0.5), {B, B} (0), so the interval is [0, 1]
+    aucs, ci, covers = auc_ci(table({"A": 0.9, "B": 0.2, "C": 0.5}), table({"A": 1, "B": 1, "C": 0}), seed=0)
+    assert aucs == {0: 0.5} and ci == pytest.approx((-0.5, 0.5)) and covers.startswith("subjects within each class")
+    _, separated, _ = auc_ci(table({"A": 0.9, "B": 0.8, "C": 0.1}), table({"A": 1, "B": 1, "C": 0}))
+    assert separated == pytest.approx((0.5, 0.5))  # every resample ranks both positives above the negative
+    # the statistic is the area under the ROC curve, ties counted half (torchmetrics' AUROC)
+    rng = np.random.default_rng(3)
+    scores, labels = np.round(rng.random(40), 1), np.r_[np.ones(25), np.zeros(15)].astype(int)
+    expected = binary_auroc(torch.tensor(scores), torch.tensor(labels)).item()
+    subjects = [f"s{i}" for i in range(40)]
+    aucs, _, _ = auc_ci({0: dict(zip(subjects, zip(subjects, scores)))}, {0: dict(zip(subjects, zip(subjects, labels)))})
+    assert aucs[0] == pytest.approx(expected)
+    three = {s: table({"A": 0.9, "B": 0.2, "C": 0.5})[0] for s in range(3)}
+    assert auc_ci(three, {s: table({"A": 1, "B": 1, "C": 0})[0] for s in range(3)})[2] == "seeds and subjects within each class"
+    one_class = auc_ci(table({"A": 0.9, "B": 0.2}), table({"A": 1, "B": 1}))
+    assert one_class[1] is None and "labels 0 and 1" in one_class[2]
+    slices = {0: {"A:1": ("A", 0.9), "A:2": ("A", 0.8), "C:1": ("C", 0.1)}}
+    assert auc_ci(slices, {0: {c: (subj, int(subj == "A")) for c, (subj, _) in slices[0].items()}})[2] == (
+        "an AUC interval needs one case per subject")
 
 
 def test_per_case_tables_and_refusal_of_other_validation_subjects(tmp_path, load_script, capsys):

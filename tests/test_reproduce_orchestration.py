@@ -11,7 +11,7 @@ from plugins.common.errors import InputError, run_main
 from plugins.report.runs import Run
 from plugins.reproduce import COMPARISONS, Context, check_scale, reproduce
 from plugins.reproduce.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, UNTESTABLE, Check, Gate,
-                                      claim_verdict, decide, evaluate_check, evaluate_gate, gate_line)
+                                      check_line, claim_verdict, decide, evaluate_check, evaluate_gate, gate_line)
 from plugins.reproduce.jobs import check_order, folder_lock, run_jobs
 
 TINY = {
@@ -195,6 +195,24 @@ def test_two_level_check_on_cases_with_two_seeds():
                             {"base": runs(0.0), "new": runs(0.1)})
     assert result["ci"] == pytest.approx([0.1, 0.1]) and result["verdict"] == SUPPORTED
     assert result["covers"].startswith("cases (subjects) only") and result["n_cases"] == 8
+
+
+def test_auc_check_against_chance():
+    def run(seed, probs):
+        grades = {"A": 1, "B": 1, "C": 0, "D": 0}
+        return _run(seed, cases={"validation/case.hgg_prob": {k: (k, p) for k, p in zip("ABCD", probs)},
+                                 "validation/case.grade": {k: (k, g) for k, g in grades.items()}})
+    check = Check("validation/case.hgg_prob", "staged", None, reference=0.5, min_effect=0.05,
+                  labels="validation/case.grade")
+    learned = evaluate_check(check, {"staged": [run(s, (0.9, 0.8, 0.2, 0.1)) for s in range(3)]})
+    assert learned["variant_mean"] == 1.0 and learned["ci"] == pytest.approx([0.5, 0.5])
+    assert learned["verdict"] == SUPPORTED and learned["covers"] == "seeds and subjects within each class"
+    inverted = evaluate_check(check, {"staged": [run(0, (0.1, 0.2, 0.8, 0.9))]})
+    assert inverted["diff"] == -0.5 and inverted["verdict"] == NOT_SUPPORTED and "4 subjects" in check_line(inverted)
+    missing = evaluate_check(check, {"staged": [_run(0)]})
+    assert missing["verdict"] == INCONCLUSIVE and "per-case validation/case.hgg_prob" in missing["note"]
+    with pytest.raises(ValueError, match="constant reference"):
+        Check("validation/case.hgg_prob", "staged", "seg_only", labels="validation/case.grade")
 
 
 def test_competence_gate_makes_a_claim_untestable():

@@ -18,6 +18,9 @@ mean over cases. Each resample draws seeds with replacement (only with at least 
 with fewer the seeds are kept as they are and the interval covers case variation only, given those
 seeds), then, within each drawn seed, subjects with replacement, each bringing all its cases (slices of
 one subject are not independent).
+
+An AUC is not a mean over cases: :func:`auc_ci` takes its interval by resampling seeds and, within each
+seed, the positive and the negative subjects separately (stratified), one case per subject.
 """
 
 from __future__ import annotations
@@ -143,3 +146,49 @@ def two_level_ci(base: dict | None, variant: dict, reference: float = 0.0, resam
         warnings.simplefilter("ignore", RuntimeWarning)
         stat = np.nanmean(np.where(count > 0, total / np.maximum(count, 1), np.nan), axis=1)
     return _quantiles(stat[np.isfinite(stat)], level), covers, n_cases
+
+
+COVERS_STRATIFIED = "subjects within each class only; fewer than 3 seeds, so the seeds are held fixed"
+COVERS_SEEDS_STRATIFIED = "seeds and subjects within each class"
+
+
+def auc_ci(scores: dict, labels: dict, reference: float = 0.5, resamples: int = 10_000, seed: int = 0,
+           level: float = LEVEL):
+    """``(aucs, interval, covers)``: each seed's AUC of ``scores`` for ``labels`` and the interval of their mean
+    minus ``reference``; ``interval`` None (``covers`` the reason) when it cannot be taken.
+
+    ``scores``/``labels``: ``{seed: {case: (subject, value)}}``, one case per subject, labels 0/1 (1 positive).
+    AUC = P(s_pos > s_neg) + P(s_pos = s_neg) / 2 over every positive-negative pair (Mann-Whitney, the area
+    under the ROC curve). Each resample draws seeds with replacement (only with at least ``MIN_SEEDS``), then,
+    within each drawn seed, its positive and its negative subjects with replacement, each class keeping its
+    size (stratified: every resample holds both classes, as the split did).
+    """
+    pairs = {}
+    for s in sorted(set(scores) & set(labels), key=str):
+        cases = sorted(set(scores[s]) & set(labels[s]))
+        if len({scores[s][c][0] for c in cases}) != len(cases):
+            return {}, None, "an AUC interval needs one case per subject"
+        y = np.array([labels[s][c][1] for c in cases])
+        x = np.array([scores[s][c][1] for c in cases], dtype=float)
+        pos, neg = x[y == 1], x[y == 0]
+        if not len(pos) or not len(neg) or len(pos) + len(neg) != len(y):
+            return {}, None, f"seed {s}: AUC needs labels 0 and 1, both present"
+        pairs[s] = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # [n_pos, n_neg]
+    if not pairs:
+        return {}, None, "no seed with both scores and labels"
+    aucs = {s: float(w.mean()) for s, w in pairs.items()}
+    rng = np.random.default_rng(seed)
+    seeds = list(pairs)
+    if len(seeds) >= MIN_SEEDS:
+        seed_idx, covers = rng.integers(0, len(seeds), (resamples, len(seeds))), COVERS_SEEDS_STRATIFIED
+    else:
+        seed_idx, covers = np.broadcast_to(np.arange(len(seeds)), (resamples, len(seeds))), COVERS_STRATIFIED
+    stat = np.zeros(resamples)
+    for slot in range(len(seeds)):
+        for i, s in enumerate(seeds):
+            rows = np.flatnonzero(seed_idx[:, slot] == i)
+            w = pairs[s]
+            p = rng.integers(0, w.shape[0], (len(rows), w.shape[0]))
+            n = rng.integers(0, w.shape[1], (len(rows), w.shape[1]))
+            stat[rows] += w[p[:, :, None], n[:, None, :]].mean(axis=(1, 2))
+    return aucs, _quantiles(stat / len(seeds) - reference, level), covers

@@ -23,6 +23,10 @@ interval includes. With s = +1 for ``higher``, -1 for ``lower``,
   supported if a > -m; not supported if b < -m; inconclusive otherwise.
 - inconclusive without an interval (fewer than 3 seeds and no per-case table) or a missing metric.
 
+A check with ``labels`` scores a classifier: ``metric`` is a per-case score column (one case per subject),
+``labels`` the per-case 0/1 column, and the statistic each seed's AUC against the constant ``reference``,
+with a stratified interval over seeds and subjects (:func:`plugins.report.stats.auc_ci`).
+
 The claim is supported when every check is, not supported when any check is not, else inconclusive.
 """
 
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plugins.report.stats import COVERS_SEEDS, MIN_SEEDS, bootstrap_ci, two_level_ci
+from plugins.report.stats import COVERS_SEEDS, MIN_SEEDS, auc_ci, bootstrap_ci, two_level_ci
 from plugins.report.tables import fmt
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -109,9 +113,17 @@ class Check:
     margin: float = 0.0
     reference: float = 0.0
     min_effect: float = 0.0
+    labels: str | None = None  # a per-case 0/1 column: the statistic is the AUC of ``metric`` for it
+
+    def __post_init__(self):
+        if self.labels and self.baseline is not None:
+            raise ValueError("an AUC check compares with its constant reference (baseline None)")
 
     def describe(self) -> str:
         other = self.baseline if self.baseline is not None else fmt(self.reference)
+        if self.labels:
+            return f"AUC of {self.metric} for {self.labels}: {self.variant} {self.direction} than {other}" + (
+                f" by at least {fmt(self.min_effect)}" if self.min_effect else "")
         if self.margin:
             side = "not lower" if self.direction == "higher" else "not higher"
             return f"{self.metric}: {self.variant} {side} than {other} by more than {fmt(self.margin)}"
@@ -131,6 +143,8 @@ def evaluate_check(check: Check, groups: dict, resamples: int = 10_000, seed: in
     """``{"check", "verdict", "n", "variant_mean", "other_mean", "diff", "ci", "covers"}`` for ``groups``."""
     out = {"check": check.describe(), "verdict": INCONCLUSIVE, "n": 0, "variant_mean": None,
            "other_mean": None, "diff": None, "ci": None, "covers": None}
+    if check.labels:
+        return _evaluate_auc(check, groups, out, resamples, seed)
     var = _values(groups.get(check.variant, []), check.metric)
     if check.baseline is None:
         base, paired = None, False
@@ -158,6 +172,25 @@ def evaluate_check(check: Check, groups: dict, resamples: int = 10_000, seed: in
         ci = bootstrap_ci(b, [x - (check.reference if b is None else 0) for x in v], paired=paired,
                           resamples=resamples, seed=seed)
         covers = COVERS_SEEDS if ci is not None else f"fewer than {MIN_SEEDS} seeds and no per-case table"
+    return _with_interval(out, check, ci, covers)
+
+
+def _evaluate_auc(check: Check, groups: dict, out: dict, resamples: int, seed: int) -> dict:
+    runs = groups.get(check.variant, [])
+    scores, labels = _cases(runs, check.metric), _cases(runs, check.labels)
+    if not scores or not labels:
+        out["note"] = f"missing in {check.variant}: per-case {check.metric if not scores else check.labels}"
+        return out
+    aucs, ci, covers = auc_ci(scores, labels, check.reference, resamples=resamples, seed=seed)
+    if aucs:
+        mean = sum(aucs.values()) / len(aucs)
+        out.update(n=len(aucs), variant_mean=mean, other_mean=check.reference, diff=mean - check.reference,
+                   n_subjects=sum(len(scores[s]) for s in aucs))
+    return _with_interval(out, check, ci, covers)
+
+
+def _with_interval(out: dict, check: Check, ci, covers: str) -> dict:
+    """``out`` with the interval and its verdict, or the reason there is none."""
     if ci is None:
         out["note"] = covers
         return out
@@ -195,6 +228,7 @@ def check_line(r: dict) -> str:
         return f"{r['check']}: {r.get('note', 'no values')}"
     ci = (f"no interval ({r.get('note')})" if r["ci"] is None
           else f"95% CI [{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] over {r['covers']}")
-    cases = f", {r['n_cases']} paired cases" if r.get("n_cases") else ""
+    cases = (f", {r['n_cases']} paired cases" if r.get("n_cases")
+             else f", {r['n_subjects']} subjects" if r.get("n_subjects") else "")
     return (f"{r['check']}: {fmt(r['variant_mean'])} vs {fmt(r['other_mean'])}, Δ {fmt(r['diff'])}, "
             f"{ci}, n={r['n']} seed(s){cases} → {r['verdict']}")

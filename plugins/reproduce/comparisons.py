@@ -6,7 +6,7 @@ directories for each seed (training, then evaluation into the run directory) and
 ``{variant: [run dir per seed]}``. Run directories live in ``ROOT/runs/<comparison>/<variant>_s<seed>``.
 Three scales (:data:`SCALES`): ``quick`` (tiny models, few steps: minutes on a 2-core CPU; the pipelines run
 end to end and learn nothing), ``cpu`` (the smallest sizes and step counts where each baseline passes its
-competence gate on the embedded data: 10 to 35 CPU-minutes per comparison) and ``default`` (the seeds'
+competence gate on the embedded data: each comparison within an hour on 2 cores) and ``default`` (the seeds'
 model sizes, thousands of steps: meant for a GPU).
 """
 
@@ -25,7 +25,7 @@ from plugins.reproduce.jobs import Job
 SCALES = {"quick": "tiny models, few steps, minutes on a 2-core CPU; the pipelines run end to end, the numbers "
                    "say nothing of the methods' merit",
           "cpu": "the smallest models and step counts found where each baseline is competent on the embedded data, "
-                 "10 to 35 CPU-minutes per comparison (one thread per step)",
+                 "each comparison within an hour on 2 cores (one thread per step, steps side by side)",
           "default": "the seeds' model sizes, thousands of steps (GPU)"}
 DEFAULT_SEEDS = {"quick": 2, "cpu": 3, "default": 3}
 GUIDED_TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
@@ -68,8 +68,9 @@ SETTINGS = {
     # tuned and measured on a 2-core CPU (README "The cpu scale, measured"): every baseline passes its gates but
     # seed 004's DiT, below bicubic after 1000 steps
     "cpu": {
-        # EMA (0.9999 with warm-up) and >= 3000 steps: the raw weights localise lesions but call every slice healthy
-        "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--lr", "3e-4", "--max_steps", "4000", "--log_interval", "50",
+        # EMA (0.9999 with warm-up) and 3000 steps: the raw weights localise lesions but call every slice healthy,
+        # and at 2500 steps the MSE-only arm's image accuracy (0.725 over 3 seeds) is below its gate
+        "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--lr", "3e-4", "--max_steps", "3000", "--log_interval", "50",
                       "--save_interval", "500"],
         # t_max: 60 of the 100 steps, stride 2 (the same figures as stride 1 at half the time); every slice scored
         "bea_fpdm": ["--image_size", "32", "--batch_size", "32", "--slice_step", "1", "--t_stride", "2"],
@@ -338,7 +339,9 @@ COMPARISONS = {c.key: c for c in [
                      label="FLAIR thresholding's Dice")],
                [],
                [Check("validation/case.dice", "staged", "seg_only", margin=0.02),
-                Check("validation/auc_slice", "staged", None, reference=0.5, min_effect=0.05)],
+                # the seed's subject-level AUC (a subject's HGG probability: the mean of its slices')
+                Check("validation/case.hgg_prob", "staged", None, reference=0.5, min_effect=0.05,
+                      labels="validation/case.grade")],
                _seg_plan, curves=("dice",)),
     Comparison("sr", "Seed 003: SR diffusion-only vs the pixel-space loss branch",
                "The pixel-space loss raises PSNR and SSIM of latent rectified-flow SR.",
