@@ -12,6 +12,7 @@ validation pairs:
 - ``inference_s_per_image``: sampling one batch of validation inputs alone, after every configuration is
   trained: one untimed warm-up call each, then ``--time_rounds`` rounds that call every configuration once
   (order rotated every round, so load on a shared machine hits all alike), median over rounds / batch size;
+  each round's figure in ``benchmark/timing/cases.csv`` (one case per round: the rounds pair the backbones);
   ``torch.cuda.synchronize`` around each call on a GPU; data reads, bicubic and metrics outside the timer;
 - ``peak_memory_mb``: total peak memory of sampling one batch, weights included (CUDA:
   ``max_memory_allocated`` after a reset; CPU: the peak RSS, ``VmHWM``, of a fresh spawned process that
@@ -111,9 +112,9 @@ def train_step_seconds(run_cfg: dict, pipe, dataset, steps: int) -> float:
     return statistics.median(times)
 
 
-def interleaved_sampling_seconds(pipes: list, low: torch.Tensor, steps: int, rounds: int, seed: int) -> list[float]:
-    """Median seconds of ``pipe(low)`` per pipeline over ``rounds`` rounds that call each once, the order rotated
-    every round, after one untimed warm-up call each."""
+def interleaved_sampling_seconds(pipes: list, low: torch.Tensor, steps: int, rounds: int, seed: int) -> list[list]:
+    """Seconds of ``pipe(low)`` per pipeline and round ([pipeline][round]) over ``rounds`` rounds that call each
+    once, the order rotated every round, after one untimed warm-up call each."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     times = [[] for _ in pipes]
     for r in range(rounds + 1):
@@ -126,7 +127,7 @@ def interleaved_sampling_seconds(pipes: list, low: torch.Tensor, steps: int, rou
                 torch.cuda.synchronize()
             if r:  # round 0 warms up
                 times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple[dict, list[dict], object]:
@@ -195,16 +196,19 @@ def main(argv=None):
     low = torch.stack([val[i]["lr"] for i in range(min(args.batch_size, len(val)))])
     seconds = interleaved_sampling_seconds([pipe for _, _, pipe in measured.values()], low,
                                            args.num_inference_steps, args.time_rounds, args.seed)
-    per_image = {key: s / low.shape[0] for key, s in zip(measured, seconds)}
+    per_image = {key: [t / low.shape[0] for t in rounds] for key, rounds in zip(measured, seconds)}
     tables = {s: [] for s in configs}
     for (set_name, name), key in keys.items():
         folder = os.path.join(args.out_dir, set_name, name)
         row, cases, _ = measured[key]
-        row = {**row, "inference_s_per_image": per_image[key], "time_rounds": args.time_rounds, "set": set_name}
-        os.makedirs(os.path.join(folder, "benchmark"), exist_ok=True)
+        row = {**row, "inference_s_per_image": statistics.median(per_image[key]), "time_rounds": args.time_rounds,
+               "set": set_name}
+        os.makedirs(os.path.join(folder, "benchmark", "timing"), exist_ok=True)
         if row["run_dir"] != folder:  # reused: the trained run's configuration beside its figures
             shutil.copyfile(os.path.join(row["run_dir"], CONFIG_FILE), os.path.join(folder, CONFIG_FILE))
         write_case_table(os.path.join(folder, "benchmark", "cases.csv"), cases)
+        write_case_table(os.path.join(folder, "benchmark", "timing", "cases.csv"),
+                         [{"case": f"round{r + 1}", "inference_s_per_image": t} for r, t in enumerate(per_image[key])])
         write_json_atomic(os.path.join(folder, "benchmark", "metrics.json"), row, indent=2)
         print(json.dumps(row), flush=True)
         tables[set_name].append(row)

@@ -90,7 +90,8 @@ def test_benchmark_prints_the_matched_and_seed_ratio_tables(tmp_path, capsys, lo
     argv = ["--vae_path", tiny_vae(str(tmp_path / "vae")), "--data_dir", write_pairs(str(tmp_path / "data")),
             "--out_dir", str(out), "--backbone_config", tiny_backbones_yaml(str(tmp_path / "bb.yaml")),
             "--seed_ratio_config", str(ratio), "--backbones", "unet", "--train_steps", "1",
-            "--num_inference_steps", "1", "--time_steps", "1", "--batch_size", "2", "--max_samples", "2"]
+            "--num_inference_steps", "1", "--time_steps", "1", "--time_rounds", "3", "--batch_size", "2",
+            "--max_samples", "2"]
     load_script("benchmark_backbones").main(argv)
     text = capsys.readouterr().out
     assert "Matched parameters" in text and "Seed 004's ratio" in text
@@ -104,6 +105,9 @@ def test_benchmark_prints_the_matched_and_seed_ratio_tables(tmp_path, capsys, lo
         assert set(metrics["reference_bicubic"]) >= {"psnr", "nrmse", "ms_ssim"}
         cases = read_case_table(str(out / r["set"] / r["backbone"] / "benchmark" / "cases.csv"))
         assert len(cases) == 2 and metrics["psnr"] == pytest.approx(sum(c["psnr"] for c in cases) / 2, rel=1e-6)
+        rounds = read_case_table(str(out / r["set"] / r["backbone"] / "benchmark" / "timing" / "cases.csv"))
+        assert [c["case"] for c in rounds] == ["round1", "round2", "round3"]  # the rounds pair the backbones
+        assert metrics["inference_s_per_image"] == pytest.approx(sorted(c["inference_s_per_image"] for c in rounds)[1])
 
 
 def test_benchmark_refuses_a_missing_seed_ratio_config(tmp_path, capsys, load_script):

@@ -215,6 +215,14 @@ def test_auc_check_against_chance():
         Check("validation/case.hgg_prob", "staged", "seg_only", labels="validation/case.grade")
 
 
+def test_exact_check_needs_no_seeds():
+    groups = {"dit": [_run(0, params_m=0.46)], "unet": [_run(0, params_m=0.18)]}
+    fewer = evaluate_check(Check("params_m", "unet", "dit", direction="lower", exact=True), groups)
+    assert fewer["ci"] == pytest.approx([-0.28, -0.28]) and fewer["verdict"] == SUPPORTED
+    more = evaluate_check(Check("params_m", "dit", "unet", direction="lower", exact=True), groups)
+    assert more["verdict"] == NOT_SUPPORTED and more["covers"] == "nothing: an exact quantity"
+
+
 def test_competence_gate_makes_a_claim_untestable():
     groups = {"base": [_run(0, auprc=0.10, flair=0.30, prevalence=0.02), _run(1, auprc=0.12, flair=0.34,
                                                                              prevalence=0.02)]}

@@ -23,7 +23,8 @@ interval includes. With s = +1 for ``higher``, -1 for ``lower``,
   supported if a > -m; not supported if b < -m; inconclusive otherwise.
 - inconclusive without an interval (fewer than 3 seeds and no per-case table) or a missing metric.
 
-A check with ``labels`` scores a classifier: ``metric`` is a per-case score column (one case per subject),
+A check marked ``exact`` compares a quantity without sampling variation (a parameter count): its interval
+is [diff, diff]. A check with ``labels`` scores a classifier: ``metric`` is a per-case score column (one case per subject),
 ``labels`` the per-case 0/1 column, and the statistic each seed's AUC against the constant ``reference``,
 with a stratified interval over seeds and subjects (:func:`plugins.report.stats.auc_ci`).
 
@@ -38,6 +39,7 @@ from plugins.report.stats import COVERS_SEEDS, MIN_SEEDS, auc_ci, bootstrap_ci, 
 from plugins.report.tables import fmt
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+COVERS_EXACT = "nothing: an exact quantity"
 UNTESTABLE = "untestable at this scale"
 
 
@@ -114,6 +116,7 @@ class Check:
     reference: float = 0.0
     min_effect: float = 0.0
     labels: str | None = None  # a per-case 0/1 column: the statistic is the AUC of ``metric`` for it
+    exact: bool = False  # a quantity without sampling variation (a parameter count): the interval is Δ itself
 
     def __post_init__(self):
         if self.labels and self.baseline is not None:
@@ -162,6 +165,8 @@ def evaluate_check(check: Check, groups: dict, resamples: int = 10_000, seed: in
     b = [base[k] for k in keys] if paired else (list(base.values()) if base else None)
     other = sum(b) / len(b) if b else check.reference
     out.update(n=len(v), variant_mean=sum(v) / len(v), other_mean=other, diff=sum(v) / len(v) - other)
+    if check.exact:
+        return _with_interval(out, check, (out["diff"], out["diff"]), COVERS_EXACT)
     var_cases = _cases(groups.get(check.variant, []), check.metric)
     base_cases = None if check.baseline is None else _cases(groups.get(check.baseline, []), check.metric)
     if var_cases and (base_cases is None and check.baseline is None or base_cases and paired):
