@@ -181,10 +181,12 @@ def test_auc_interval_resamples_subjects_within_each_class():
     scores, labels = np.round(rng.random(40), 1), np.r_[np.ones(25), np.zeros(15)].astype(int)
     expected = binary_auroc(torch.tensor(scores), torch.tensor(labels)).item()
     subjects = [f"s{i}" for i in range(40)]
-    aucs, _, _ = auc_ci({0: dict(zip(subjects, zip(subjects, scores)))}, {0: dict(zip(subjects, zip(subjects, labels)))})
+    aucs, _, _ = auc_ci({0: dict(zip(subjects, zip(subjects, scores)))},
+                        {0: dict(zip(subjects, zip(subjects, labels)))})
     assert aucs[0] == pytest.approx(expected)
     three = {s: table({"A": 0.9, "B": 0.2, "C": 0.5})[0] for s in range(3)}
-    assert auc_ci(three, {s: table({"A": 1, "B": 1, "C": 0})[0] for s in range(3)})[2] == "seeds and subjects within each class"
+    three_labels = {s: table({"A": 1, "B": 1, "C": 0})[0] for s in range(3)}
+    assert auc_ci(three, three_labels)[2] == "seeds and subjects within each class"
     one_class = auc_ci(table({"A": 0.9, "B": 0.2}), table({"A": 1, "B": 1}))
     assert one_class[1] is None and "labels 0 and 1" in one_class[2]
     slices = {0: {"A:1": ("A", 0.9), "A:2": ("A", 0.8), "C:1": ("C", 0.1)}}

@@ -24,9 +24,9 @@ interval includes. With s = +1 for ``higher``, -1 for ``lower``,
 - inconclusive without an interval (fewer than 3 seeds and no per-case table) or a missing metric.
 
 A check marked ``exact`` compares a quantity without sampling variation (a parameter count): its interval
-is [diff, diff]. A check with ``labels`` scores a classifier: ``metric`` is a per-case score column (one case per subject),
-``labels`` the per-case 0/1 column, and the statistic each seed's AUC against the constant ``reference``,
-with a stratified interval over seeds and subjects (:func:`plugins.report.stats.auc_ci`).
+is [diff, diff]. A check with ``labels`` scores a classifier: ``metric`` is a per-case score column (one
+case per subject), ``labels`` the per-case 0/1 column, and the statistic each seed's AUC against the
+constant ``reference``, with a stratified interval over seeds and subjects (:func:`plugins.report.stats.auc_ci`).
 
 The claim is supported when every check is, not supported when any check is not, else inconclusive.
 """
