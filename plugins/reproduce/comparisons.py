@@ -65,8 +65,7 @@ SETTINGS = {
                       "--max_samples", "16", "--time_steps", "3", "--batch_size", "8", "--lr", "2e-4"],
         "tiny_backbones": True,
     },
-    # tuned and measured on a 2-core CPU (README "The cpu scale, measured"): every baseline passes its gates but
-    # seed 004's DiT, below bicubic after 1000 steps
+    # tuned and measured on a 2-core CPU (README "The cpu scale, measured"): every baseline passes its gates
     "cpu": {
         # EMA (0.9999 with warm-up) and 3000 steps: the raw weights localise lesions but call every slice healthy,
         # and at 2500 steps the MSE-only arm's image accuracy (0.725 over 3 seeds) is below its gate
