@@ -92,6 +92,23 @@ def test_resume_continues_exactly(filaments, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_validating_more_often_leaves_training_alone(filaments, tmp_path):
+    """Validation after every epoch or only after the last: the same losses and weights."""
+    common = ["--data_dir", filaments, *TINY, "--max_steps", "5"]
+    every, last = str(tmp_path / "every"), str(tmp_path / "last")
+    run([*common, "--out_dir", every])
+    AcceleratorState._reset_state(True)
+    run([*common, "--out_dir", last, "--autoencoder.training.val_interval", "100"])
+    validated = [[r["epoch"] for r in read_jsonl(os.path.join(d, "metrics_epoch.jsonl")) if "val_fg_dice" in r]
+                 for d in (every, last)]
+    assert validated == [[0, 1], [1]]
+    a = read_jsonl(os.path.join(every, "metrics_step.jsonl"))
+    b = read_jsonl(os.path.join(last, "metrics_step.jsonl"))
+    assert [r["total_loss"] for r in a] == [r["total_loss"] for r in b]
+    wa, wb = load_autoencoder(every).state_dict(), load_autoencoder(last).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_2d_saves_pretrained_vae_with_measured_scaling_factor(tmp_path):
     from diffusers import AutoencoderKL
 

@@ -45,15 +45,19 @@ def test_val_mse_oracle():
 
 
 def test_training_logs_the_validation_curve_every_epoch(tiny_cohort, run_script, tmp_path):
+    """The curve is logged, and looking at it leaves training alone: the same weights without it."""
     from guided_diffusion import dist_util
     import torch.distributed as dist
 
-    run = tmp_path / "run"
+    from patches.checkpoints import load_checkpoint
+
+    run, blind = tmp_path / "run", tmp_path / "blind"
     saved = dict(os.environ)
     dist_util.setup_dist()
     try:
-        code = run_script("train_bea_dual_loss", "--data_dir", tiny_cohort, "--out_dir", run, "--max_steps", 40,
-                          "--save_interval", 40, "--val_loss_slices", 6, *TINY)
+        common = ["--data_dir", tiny_cohort, "--max_steps", 40, "--save_interval", 40, "--val_loss_slices", 6, *TINY]
+        code = run_script("train_bea_dual_loss", *common, "--out_dir", run)
+        code_blind = run_script("train_bea_dual_loss", *common, "--out_dir", blind, "--val_loss_interval", 0)
         assert run_script("train_bea_dual_loss", "--data_dir", tiny_cohort, "--out_dir", tmp_path / "bad",
                           "--val_loss_interval", -1, *TINY) == 2
     finally:
@@ -61,7 +65,9 @@ def test_training_logs_the_validation_curve_every_epoch(tiny_cohort, run_script,
             dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(saved)
-    assert code == 0 and not (tmp_path / "bad").exists()
+    assert code == code_blind == 0 and not (tmp_path / "bad").exists()
+    weights, weights_blind = (load_checkpoint(str(d / "model000040.pt")) for d in (run, blind))
+    assert all(torch.equal(weights[k], weights_blind[k]) for k in weights)
     records = [json.loads(line) for line in open(run / "metrics_epoch.jsonl")]
     curve = [r for r in records if "val_mse" in r]
     assert len(curve) >= 2 and [r["epoch"] for r in curve] == sorted({r["epoch"] for r in curve})

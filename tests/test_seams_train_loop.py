@@ -2,9 +2,11 @@
 
 import csv
 import os
+import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from guided_diffusion import logger
@@ -103,6 +105,22 @@ def test_resume_after_stop_matches_straight_run_and_epochs(gd_dist, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(straight.ema_params[0], resumed.ema_params[0]))
     steps = [r["step"] for r in read_jsonl(str(tmp_path / "b" / "metrics_step.jsonl"))]
     assert steps == [0, 1, 2, 3, 4]
+
+
+def test_epoch_callbacks_drawing_random_numbers_leave_training_alone(gd_dist, tmp_path):
+    """A callback (e.g. a validation's loader and sampler) drawing from python, numpy and torch's
+    generators: the same weights as without it."""
+    def noisy(loop, epoch):
+        random.random(), np.random.rand(3), torch.randn(5), torch.randint(0, 9, (2,))
+
+    quiet = seam_loop(tmp_path / "quiet", batches(3), max_steps=7)
+    quiet.run_loop()
+    close_logger()
+    drawn = seam_loop(tmp_path / "drawn", batches(3), max_steps=7, epoch_callbacks=[noisy])
+    drawn.run_loop()
+    close_logger()
+    a, b = _trained_state(quiet), _trained_state(drawn)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_from_directory_and_plugin_parameters_in_checkpoint(gd_dist, tmp_path):

@@ -119,12 +119,17 @@ def test_validation_every_epoch_and_at_the_end(runs):
 
 
 def test_validation_interval_skips_epochs_but_not_the_end(run_script, runs):
-    out = runs["root"] / "every_second_epoch"
-    assert run_script("segmentation_train", *runs["common"][:-1], "4", "--use_cls_head", "False",
-                      "--val_interval", "2", "--out_dir", out) == 0
+    """Interval 2 validates after epoch 1 only; validating after epoch 0 too leaves the weights as they are."""
+    out, every = runs["root"] / "every_second_epoch", runs["root"] / "every_epoch"
+    common = [*runs["common"][:-1], "4", "--use_cls_head", "False"]
+    assert run_script("segmentation_train", *common, "--val_interval", "2", "--out_dir", out) == 0
+    assert run_script("segmentation_train", *common, "--val_interval", "1", "--out_dir", every) == 0
     records = read_jsonl(str(out / "metrics_epoch.jsonl"))
     assert [(r["epoch"], r["step"], r.get("final", False)) for r in records] == [(1, 4, False), (1, 4, True)]
     assert json.loads((out / "validation" / "metrics.json").read_text())["step"] == 4
+    assert [r["epoch"] for r in read_jsonl(str(every / "metrics_epoch.jsonl"))] == [0, 1, 1]
+    weights, weights_every = (load_checkpoint(str(d / "model000004.pt")) for d in (out, every))
+    assert all(torch.equal(weights[k], weights_every[k]) for k in weights)
 
 
 def test_stage_resumes_its_own_run(run_script, runs):

@@ -8,7 +8,9 @@
 - epochs: when ``data`` is a sized iterable of ``(batch, cond)`` (e.g. a
   ``DataLoader``), one pass over it is an epoch; ``data.set_epoch(e)`` is called
   when present, and every ``epoch_callbacks`` entry runs as ``cb(loop, epoch)``
-  after the epoch's last step. An endless iterator (upstream's ``load_data``)
+  after the epoch's last step, and the python, numpy and torch generators are then put back where
+  training left them (a validation callback's loaders and samplers draw from them), so how often a run
+  validates never changes its weights. An endless iterator (upstream's ``load_data``)
   works too, without epochs;
 - a non-finite guard: a step whose loss or gradient norm is NaN/Inf is skipped (grads
   zeroed, no optimizer or EMA update) and counted in ``skipped_steps``;
@@ -327,8 +329,10 @@ class SeamTrainLoop(TrainLoop):
 
     def _end_epoch_if_due(self):
         if self.steps_per_epoch and self._total_steps() >= (self.epoch + 1) * self.steps_per_epoch:
+            streams = _rng_state()
             for callback in self.epoch_callbacks:
                 callback(self, self.epoch)
+            _set_rng_state(streams)  # what a callback draws never shifts training's noise
             self.epoch += 1
             self._batches = None
 
