@@ -195,6 +195,9 @@ def test_two_level_check_on_cases_with_two_seeds():
                             {"base": runs(0.0), "new": runs(0.1)})
     assert result["ci"] == pytest.approx([0.1, 0.1]) and result["verdict"] == SUPPORTED
     assert result["covers"].startswith("cases (subjects) only") and result["n_cases"] == 8
+    rounds = evaluate_check(Check("eval/case.dice", "new", "base", unit="timing rounds"),
+                            {"base": runs(0.0), "new": runs(0.1)})
+    assert rounds["covers"].startswith("cases (timing rounds) only") and rounds["ci"] == result["ci"]
 
 
 def test_auc_check_against_chance():

@@ -37,8 +37,8 @@ EXACT_LIMIT = 200_000
 LEVEL = 0.95
 MIN_SEEDS = 3
 COVERS_SEEDS = "seeds"
-COVERS_BOTH = "seeds and cases (subjects)"
-COVERS_CASES = "cases (subjects) only; fewer than 3 seeds, so the seeds are held fixed"
+COVERS_BOTH = "seeds and cases ({unit})"
+COVERS_CASES = "cases ({unit}) only; fewer than 3 seeds, so the seeds are held fixed"
 
 
 @dataclass
@@ -111,11 +111,12 @@ def excludes_zero(ci) -> bool:
 
 
 def two_level_ci(base: dict | None, variant: dict, reference: float = 0.0, resamples: int = 10_000, seed: int = 0,
-                 level: float = LEVEL):
+                 level: float = LEVEL, unit: str = "subjects"):
     """``(interval, covers, n_cases)`` of the paired difference over seeds and cases; ``(None, reason, n)`` if none.
 
     ``base``/``variant``: ``{seed: {case: (subject, value)}}``; ``base`` None compares with ``reference``.
-    Only seeds and cases present in both are used.
+    Only seeds and cases present in both are used. ``unit`` names what a case's subject is in ``covers``
+    (e.g. "timing rounds" when each case is a round of a benchmark).
     """
     seeds = sorted(variant if base is None else set(base) & set(variant), key=str)
     diffs = {}
@@ -136,9 +137,9 @@ def two_level_ci(base: dict | None, variant: dict, reference: float = 0.0, resam
     rng = np.random.default_rng(seed)
     n_seeds, n_subj = len(seeds), len(subjects)
     if n_seeds >= MIN_SEEDS:
-        seed_idx, covers = rng.integers(0, n_seeds, (resamples, n_seeds)), COVERS_BOTH
+        seed_idx, covers = rng.integers(0, n_seeds, (resamples, n_seeds)), COVERS_BOTH.format(unit=unit)
     else:
-        seed_idx, covers = np.broadcast_to(np.arange(n_seeds), (resamples, n_seeds)), COVERS_CASES
+        seed_idx, covers = np.broadcast_to(np.arange(n_seeds), (resamples, n_seeds)), COVERS_CASES.format(unit=unit)
     subj_idx = rng.integers(0, n_subj, (resamples, n_seeds, n_subj))
     total = sums[seed_idx[..., None], subj_idx].sum(-1)
     count = counts[seed_idx[..., None], subj_idx].sum(-1)

@@ -117,6 +117,7 @@ class Check:
     min_effect: float = 0.0
     labels: str | None = None  # a per-case 0/1 column: the statistic is the AUC of ``metric`` for it
     exact: bool = False  # a quantity without sampling variation (a parameter count): the interval is Δ itself
+    unit: str = "subjects"  # what the per-case table's subjects are, for ``covers`` (e.g. "timing rounds")
 
     def __post_init__(self):
         if self.labels and self.baseline is not None:
@@ -171,7 +172,7 @@ def evaluate_check(check: Check, groups: dict, resamples: int = 10_000, seed: in
     base_cases = None if check.baseline is None else _cases(groups.get(check.baseline, []), check.metric)
     if var_cases and (base_cases is None and check.baseline is None or base_cases and paired):
         ci, covers, n_cases = two_level_ci(base_cases, var_cases, reference=check.reference,
-                                           resamples=resamples, seed=seed)
+                                           resamples=resamples, seed=seed, unit=check.unit)
         out["n_cases"] = n_cases
     else:
         ci = bootstrap_ci(b, [x - (check.reference if b is None else 0) for x in v], paired=paired,
