@@ -85,7 +85,7 @@ def test_steps_run_side_by_side_after_what_they_read(reproduction):
 
 def test_cpu_plans_wait_for_what_they_read(tmp_path):
     """Every step starts after the steps whose output it reads; the cpu scale's seeds per comparison; the
-    segmentation cohort of 30 subjects is built before any segmentation training."""
+    segmentation cohort of 60 subjects is built before any segmentation training; only stage 2 overrides --lr."""
     ctx = Context(root=str(tmp_path), data_dir="data/demo", scale="cpu", seeds=[0, 1, 2])
     plans = {key: comp.plan(ctx) for key, comp in COMPARISONS.items()}
     for jobs, _ in plans.values():
@@ -98,10 +98,14 @@ def test_cpu_plans_wait_for_what_they_read(tmp_path):
         "bea": 3, "autoencoder": 2, "segmentation": 1, "sr": 2, "backbones": 1}
     seg_jobs = plans["segmentation"][0]
     cohort = seg_jobs[0]
-    assert cohort.script == "make_demo_data" and cohort.args[cohort.args.index("--num_subjects") + 1] == 30
+    assert cohort.script == "make_demo_data" and cohort.args[cohort.args.index("--num_subjects") + 1] == 60
     trains = [j for j in seg_jobs if j.name.endswith(("/train", "/stage1"))]
     assert len(trains) == 3 and all(j.after == (cohort.name,) for j in trains)
-    assert all(os.path.join(str(tmp_path), "data", "cohort_30", "brats") in j.args for j in trains)
+    assert all(os.path.join(str(tmp_path), "data", "cohort_60", "brats") in j.args for j in trains)
+    lr = {job.name: job.args[len(job.args) - 1 - job.args[::-1].index("--lr") + 1] for job in seg_jobs[1:]}
+    assert lr == {"segmentation/seg_only_s0/train": "1e-3", "segmentation/joint_s0/train": "1e-3",
+                  "segmentation/staged_s0/stage1": "1e-3", "segmentation/staged_s0/stage2": "1e-4",
+                  "segmentation/staged_s0/stage3": "1e-3"}
     assert all(j.after == ("sr/vae/train",) for j in plans["backbones"][0][1:])
 
 
