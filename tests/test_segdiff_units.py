@@ -180,6 +180,16 @@ def test_scores_per_volume_per_informative_slice_and_per_subject():
     assert metrics["dice_slice"] == pytest.approx(2 / 3)  # slice 1 (empty in both) left out: (2/3 + 2/3) / 2
     assert metrics["acc"] == 0.5 and metrics["f1"] == pytest.approx(2 / 3)  # HGG positive: tp 1, fp 1
     assert metrics["auc"] == 1.0 and metrics["acc_slice"] == pytest.approx(2 / 3)
+    assert metrics["hgg_prob_range_slice"] == pytest.approx(0.3)
+
+
+def test_a_constant_head_is_named():
+    scores = SplitScores()
+    truth = torch.zeros(3, 4).bool()
+    scores.add_batch(["a", "b", "c"], [1, 0, 1], {"sample": truth}, truth, torch.full((3,), 0.4964))
+    with pytest.warns(UserWarning, match="every slice has HGG probability 0.4964"):
+        _, metrics = scores.result()
+    assert metrics["hgg_prob_range_slice"] == 0.0 and metrics["auc"] == 0.5
 
 
 def test_flair_threshold_fits_on_training_slices_inside_the_brain():

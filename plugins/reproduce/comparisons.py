@@ -89,7 +89,7 @@ SETTINGS = {
                       "--val_num_ensemble", "1", "--val_timestep_respacing", "ddim5", "--val_interval", "2"],
         "seg_stage_steps": [300, 300, 100],
         # stage 2 at the seed's head rate 1e-3 (--lr 1e-4 x 10): at 1e-3 x 10 every ReLU unit of the head died
-        # within its first steps (the frozen pooled features vary by 10% of their mean) and its output was constant
+        # and its output was constant (README, seed 002)
         "seg_stage_lr": {2: "1e-4"},
         "seg_sample": None,
         "seg_subjects": 60,  # 12 LGG, 5 of them among the 24 validation subjects: the head's AUC has an interval

@@ -16,7 +16,9 @@ others, ``..._slice`` for the slice means; the FLAIR reference's volume Dice is 
 Classification (with a head): a subject's HGG probability is the mean of its slices'; HGG is
 called at ``p >= 0.5``. ``auc``, ``f1`` (binary, HGG positive, as the seed's code) and ``acc``
 per subject; ``auc_slice``, ``f1_slice``, ``acc_slice`` per slice (torchmetrics). AUC with one
-grade present is undefined: None with a warning.
+grade present is undefined: None with a warning. ``hgg_prob_range_slice`` = max - min of the slice
+probabilities: 0 means the head gives every slice the same value (e.g. all its ReLU units inactive),
+which is warned about, since its AUC of 0.5 would otherwise read as a head that merely guesses.
 
 :class:`FlairThreshold` is the trivial reference: FLAIR above a threshold inside the brain
 (any modality above the background value), the threshold the one of ``bins`` histogram edges
@@ -137,6 +139,11 @@ class SplitScores:
             out[f"auc{suffix}"] = auc_or_none(probs, grades, f"{what}-level AUC")
             out[f"f1{suffix}"] = float(binary_f1_score(probs, grades))
             out[f"acc{suffix}"] = float(binary_accuracy(probs, grades))
+        spread = float(probs.max() - probs.min())
+        if spread == 0.0:
+            warnings.warn(f"classification head: every slice has HGG probability {float(probs[0]):.4f} "
+                          "(a constant head; are all its ReLU units inactive?)", stacklevel=2)
+        out["hgg_prob_range_slice"] = spread
         return out
 
 
