@@ -139,9 +139,10 @@ class SplitScores:
             out[f"auc{suffix}"] = auc_or_none(probs, grades, f"{what}-level AUC")
             out[f"f1{suffix}"] = float(binary_f1_score(probs, grades))
             out[f"acc{suffix}"] = float(binary_accuracy(probs, grades))
-        spread = float(probs.max() - probs.min())
+        slice_probs = units["_slice"][0]
+        spread = float(slice_probs.max() - slice_probs.min())
         if spread == 0.0:
-            warnings.warn(f"classification head: every slice has HGG probability {float(probs[0]):.4f} "
+            warnings.warn(f"classification head: every slice has HGG probability {float(slice_probs[0]):.4f} "
                           "(a constant head; are all its ReLU units inactive?)", stacklevel=2)
         out["hgg_prob_range_slice"] = spread
         return out
