@@ -102,7 +102,7 @@ def test_cpu_plans_wait_for_what_they_read(tmp_path):
     trains = [j for j in seg_jobs if j.name.endswith(("/train", "/stage1"))]
     assert len(trains) == 3 and all(j.after == (cohort.name,) for j in trains)
     assert all(os.path.join(str(tmp_path), "data", "cohort_60", "brats") in j.args for j in trains)
-    lr = {job.name: job.args[len(job.args) - 1 - job.args[::-1].index("--lr") + 1] for job in seg_jobs[1:]}
+    lr = {job.name: job.args[max(i for i, a in enumerate(job.args) if a == "--lr") + 1] for job in seg_jobs[1:]}
     assert lr == {"segmentation/seg_only_s0/train": "1e-3", "segmentation/joint_s0/train": "1e-3",
                   "segmentation/staged_s0/stage1": "1e-3", "segmentation/staged_s0/stage2": "1e-4",
                   "segmentation/staged_s0/stage3": "1e-3"}

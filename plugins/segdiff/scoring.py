@@ -18,7 +18,7 @@ called at ``p >= 0.5``. ``auc``, ``f1`` (binary, HGG positive, as the seed's cod
 per subject; ``auc_slice``, ``f1_slice``, ``acc_slice`` per slice (torchmetrics). AUC with one
 grade present is undefined: None with a warning. ``hgg_prob_range_slice`` = max - min of the slice
 probabilities: 0 means the head gives every slice the same value (e.g. all its ReLU units inactive),
-which is warned about, since its AUC of 0.5 would otherwise read as a head that merely guesses.
+warned about over more than one slice, since its AUC of 0.5 would otherwise read as a head that guesses.
 
 :class:`FlairThreshold` is the trivial reference: FLAIR above a threshold inside the brain
 (any modality above the background value), the threshold the one of ``bins`` histogram edges
@@ -141,7 +141,7 @@ class SplitScores:
             out[f"acc{suffix}"] = float(binary_accuracy(probs, grades))
         slice_probs = units["_slice"][0]
         spread = float(slice_probs.max() - slice_probs.min())
-        if spread == 0.0:
+        if spread == 0.0 and len(slice_probs) > 1:
             warnings.warn(f"classification head: every slice has HGG probability {float(slice_probs[0]):.4f} "
                           "(a constant head; are all its ReLU units inactive?)", stacklevel=2)
         out["hgg_prob_range_slice"] = spread
