@@ -147,4 +147,5 @@ def test_oracle_localises_the_lesion_and_calls_the_healthy_slice_healthy(demo_sl
     assert scored.metrics["unhealthy"]["auprc"] > 0.9
     assert scored.rows[sick]["dice_ungated"] > 0.5
     assert 0 < scored.reference_random_auprc < 0.2
+    assert scored.reference_all_healthy_accuracy == labels.count(0) / len(labels)
     assert scored.reference_flair["unhealthy"]["auprc"] is not None

@@ -122,6 +122,8 @@ def test_training_logs_each_term_and_fpdm_writes_every_output(bea_run, load_scri
     assert weights["ema_init_weight"] == 0.0 and 0 < weights["ema_mean_age_steps"] < 3
     cases = read_case_table(str(out / "cases.csv"))
     assert len(cases) == result["metrics"]["mixed"]["num_slices"]
+    healthy = sum(int(c["slice_label"]) == 0 for c in cases)
+    assert result["reference_all_healthy_accuracy"] == healthy / len(cases)
     assert {"case", "subject", "slice_label", "call", "correct", "dice", "iou", "dice_ungated", "brain_pixels",
             "lesion_pixels", "flair_call", "flair_correct", "flair_dice", "flair_iou"} <= set(cases[0])
     help_text = load_script("translation_FPDM_bea_dual_loss").parser().format_help()

@@ -39,8 +39,12 @@ def test_reports_index_and_verdicts(reproduction):
     entry = verdicts["comparisons"][0]
     assert verdicts["scale"] == "quick" and entry["key"] == "bea"
     assert entry["verdict"] == UNTESTABLE  # two training steps: the baseline cannot pass its gates
-    assert [g["passed"] for g in entry["gates"]] == [False, False, False]  # 5 x prevalence, 0.3, image accuracy
-    assert [r["label"] for r in entry["reported"]] == ["FLAIR thresholding's AUPRC",
+    gates = entry["gates"]  # 5 x prevalence, 0.3, image accuracy 0.75, image accuracy over the all-healthy call's
+    assert [g["passed"] for g in gates[:3]] == [False, False, False] and len(gates) == 4
+    assert gates[3]["threshold"] == pytest.approx(json.loads(
+        (root / "runs/bea/bea_mse_s0/fpdm/metrics.json").read_text())["reference_all_healthy_accuracy"])
+    assert [r["label"] for r in entry["reported"]] == ["image recall (tumour slices called unhealthy)",
+                                                       "FLAIR thresholding's AUPRC",
                                                        "FLAIR thresholding's image accuracy"]
     assert all(c["verdict"] == INCONCLUSIVE for c in entry["checks"])  # one seed, pooled AUPRC: no interval
     html = (root / "index.html").read_text()
@@ -85,7 +89,8 @@ def test_steps_run_side_by_side_after_what_they_read(reproduction):
 
 def test_cpu_plans_wait_for_what_they_read(tmp_path):
     """Every step starts after the steps whose output it reads; the cpu scale's seeds per comparison; the
-    segmentation cohort of 60 subjects is built before any segmentation training; only stage 2 overrides --lr."""
+    60-subject cohort is built before any BEA or segmentation training, once when both run; only stage 2
+    overrides --lr."""
     ctx = Context(root=str(tmp_path), data_dir="data/demo", scale="cpu", seeds=[0, 1, 2])
     plans = {key: comp.plan(ctx) for key, comp in COMPARISONS.items()}
     for jobs, _ in plans.values():
@@ -95,17 +100,21 @@ def test_cpu_plans_wait_for_what_they_read(tmp_path):
                 assert job.after == (job.name.rsplit("/", 1)[0] + ("/train" if "stage" not in job.name else
                                                                    f"/stage{int(job.name[-1]) - 1}"),)
     assert {key: len(runs[next(iter(runs))]) for key, (_, runs) in plans.items()} == {
-        "bea": 3, "autoencoder": 2, "segmentation": 1, "sr": 2, "backbones": 1}
-    seg_jobs = plans["segmentation"][0]
-    cohort = seg_jobs[0]
-    assert cohort.script == "make_demo_data" and cohort.args[cohort.args.index("--num_subjects") + 1] == 60
-    trains = [j for j in seg_jobs if j.name.endswith(("/train", "/stage1"))]
-    assert len(trains) == 3 and all(j.after == (cohort.name,) for j in trains)
-    assert all(os.path.join(str(tmp_path), "data", "cohort_60", "brats") in j.args for j in trains)
-    lr = {job.name: job.args[max(i for i, a in enumerate(job.args) if a == "--lr") + 1] for job in seg_jobs[1:]}
-    assert lr == {"segmentation/seg_only_s0/train": "1e-3", "segmentation/joint_s0/train": "1e-3",
-                  "segmentation/staged_s0/stage1": "1e-3", "segmentation/staged_s0/stage2": "1e-4",
-                  "segmentation/staged_s0/stage3": "1e-3"}
+        "bea": 3, "autoencoder": 2, "segmentation": 3, "sr": 2, "backbones": 1}
+    cohort_dir = os.path.join(str(tmp_path), "data", "cohort_60", "brats")
+    for key, first_steps in (("bea", ("/train",)), ("segmentation", ("/train", "/stage1"))):
+        jobs = plans[key][0]
+        cohort = jobs[0]
+        assert cohort.name == "data/cohort_60" and cohort.script == "make_demo_data"
+        assert cohort.args[cohort.args.index("--num_subjects") + 1] == 60
+        trains = [j for j in jobs if j.name.endswith(first_steps)]
+        assert len(trains) == 9 and all(j.after == (cohort.name,) and cohort_dir in j.args for j in trains)
+    assert all(cohort_dir in j.args for j in plans["bea"][0] if j.name.endswith("/fpdm"))
+    lr = {job.name: job.args[max(i for i, a in enumerate(job.args) if a == "--lr") + 1]
+          for job in plans["segmentation"][0][1:]}
+    assert lr == {f"segmentation/{name}_s{seed}/{step}": rate for seed in range(3) for name, step, rate in (
+        ("seg_only", "train", "1e-3"), ("joint", "train", "1e-3"), ("staged", "stage1", "1e-3"),
+        ("staged", "stage2", "1e-4"), ("staged", "stage3", "1e-3"))}
     assert all(j.after == ("sr/vae/train",) for j in plans["backbones"][0][1:])
 
 

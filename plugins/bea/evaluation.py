@@ -19,12 +19,14 @@ averaged.
 "unhealthy" = the slices holding tumour, ungated masks. The FLAIR reference scores the FLAIR
 intensity as the map (same brain, same metrics; a slice is called unhealthy when its filtered
 mask is not empty); the random map's AUPRC is the lesion prevalence inside the brain of the test
-slices (``reference_random_auprc``, one number, to compare with "mixed").
+slices (``reference_random_auprc``, one number, to compare with "mixed"); the trivial image-level
+reference is the accuracy of calling every test slice healthy (``reference_all_healthy_accuracy``, the
+healthy share of the test slices).
 
 Each difference from AnoFPDM's evaluation is a row of the table in :mod:`plugins.bea.fpdm`.
 
 Outputs: ``metrics.json`` (keys ``protocol``, ``metrics``, ``reference_flair``,
-``reference_random_auprc``, ``tuned``), ``metrics.csv``, ``cases.csv`` (one row per test slice,
+``reference_random_auprc``, ``reference_all_healthy_accuracy``, ``tuned``), ``metrics.csv``, ``cases.csv`` (one row per test slice,
 case ``subject:slice``: ``slice_label``, ``call``, ``correct``, ``dice``/``iou`` of the gated
 mask, ``dice_ungated``/``iou_ungated``, ``brain_pixels``, ``lesion_pixels``, ``sim``, and the
 FLAIR reference's ``flair_call``, ``flair_correct``, ``flair_dice``, ``flair_iou``), ``maps.npz``,
@@ -316,6 +318,7 @@ class Scored:
     metrics: dict
     reference_flair: dict
     reference_random_auprc: float
+    reference_all_healthy_accuracy: float
     masks: torch.Tensor         # [N, S, S] ungated, filtered
     calls: torch.Tensor         # [N]
     flair_masks: torch.Tensor   # [N, S, S]
@@ -352,7 +355,8 @@ def score(out: SliceOutputs, tuned: Tuned, min_component: int) -> Scored:
             for i, (s, z) in enumerate(zip(out.subjects, out.slice_index))]
     return Scored(metrics=both(out.maps, gated, masks, calls),
                   reference_flair=both(out.flair, flair_masks, flair_masks, flair_calls),
-                  reference_random_auprc=random, masks=masks, calls=calls, flair_masks=flair_masks,
+                  reference_random_auprc=random,
+                  reference_all_healthy_accuracy=float((out.labels == 0).double().mean()), masks=masks, calls=calls, flair_masks=flair_masks,
                   flair_calls=flair_calls, rows=rows)
 
 
@@ -368,7 +372,9 @@ def write_outputs(out_dir: str, out: SliceOutputs, scored: Scored, tuned: Tuned,
     write_json_atomic(os.path.join(out_dir, "metrics.json"),
                       {"protocol": settings.record(), "metrics": scored.metrics,
                        "reference_flair": scored.reference_flair,
-                       "reference_random_auprc": scored.reference_random_auprc, "tuned": tuned.__dict__, **extra},
+                       "reference_random_auprc": scored.reference_random_auprc,
+                       "reference_all_healthy_accuracy": scored.reference_all_healthy_accuracy,
+                       "tuned": tuned.__dict__, **extra},
                       indent=2)
     with open(os.path.join(out_dir, "metrics.csv"), "w") as f:
         f.write("source,subset,metric,value\n")
@@ -377,6 +383,7 @@ def write_outputs(out_dir: str, out: SliceOutputs, scored: Scored, tuned: Tuned,
                 for key, value in (values or {}).items():
                     f.write(f"{source},{subset},{key},{'' if value is None else value}\n")
         f.write(f"reference_random,mixed,auprc,{scored.reference_random_auprc}\n")
+        f.write(f"reference_all_healthy,mixed,image_accuracy,{scored.reference_all_healthy_accuracy}\n")
     write_case_table(os.path.join(out_dir, CASES_FILE), scored.rows)
 
 

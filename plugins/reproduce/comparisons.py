@@ -52,7 +52,7 @@ SETTINGS = {
         "seg_stage_steps": [12, 5, 8],  # seg-only and joint run the sum (just over one epoch of the demo cohort)
         "seg_stage_lr": {},  # stage -> its --lr (the stage trains at that x its factor); absent: seg_train's
         "seg_sample": None,  # the runs' own validation only (sampled masks, 1 DDIM sample of 10 steps a slice)
-        "seg_subjects": 0,  # the embedded cohort
+        "bea_subjects": 0, "seg_subjects": 0,  # the embedded cohort
         "max_seeds": {"segmentation": 1},  # one epoch per variant is the CPU budget: the verdict stays inconclusive
         "vae_train": [*AE_TINY, "--autoencoder.num_channels", "[16, 32]", "--autoencoder.norm_num_groups", "8",
                       "--max_steps", "30", "--autoencoder.training.batch_size", "8",
@@ -73,8 +73,9 @@ SETTINGS = {
         # every second epoch (66 steps each): after every epoch it took a quarter of the training time
         "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--lr", "3e-4", "--max_steps", "3000", "--log_interval", "50",
                       "--save_interval", "500", "--val_loss_interval", "2"],
-        # t_max: 60 of the 100 steps, stride 2 (the same figures as stride 1 at half the time); every slice scored
-        "bea_fpdm": ["--image_size", "32", "--batch_size", "32", "--slice_step", "1", "--t_stride", "2"],
+        # t_max: 60 of the 100 steps, stride 2 (the same figures as stride 1 at half the time); every 4th slice of
+        # the 6 tuning and 6 test subjects (about 100 slices each: the time of every slice of one subject)
+        "bea_fpdm": ["--image_size", "32", "--batch_size", "32", "--slice_step", "4", "--t_stride", "2"],
         # lr 1e-3 over 600 steps swung the foreground Dice between 0.12 and 0.84 from one validation to the next
         "ae_train": [*AE_TINY, "--autoencoder.num_channels", "[16, 32]", "--autoencoder.norm_num_groups", "8",
                      "--autoencoder.training.learning_rate", "5e-4", "--max_steps", "900",
@@ -92,10 +93,13 @@ SETTINGS = {
         # and its output was constant (README, seed 002)
         "seg_stage_lr": {2: "1e-4"},
         "seg_sample": None,
-        "seg_subjects": 60,  # 12 LGG, 5 of them among the 24 validation subjects: the head's AUC has an interval
-        # BEA's pooled AUPRC needs 3 seeds for an interval; the others' intervals resample cases, so fewer seeds
-        # keep each comparison within an hour on 2 cores
-        "max_seeds": {"autoencoder": 2, "segmentation": 1, "sr": 2, "backbones": 1},
+        # the 60-subject cohort for both: BEA's 12 validation subjects give FPDM 6 test subjects (the embedded cohort's
+        # one test subject, with the smallest lesions, put the image accuracy within a slice of the all-healthy
+        # call's); segmentation's 12 LGG, 5 of them among the 24 validation subjects, give the head's AUC an interval
+        "bea_subjects": 60, "seg_subjects": 60,
+        # BEA's pooled AUPRC needs 3 seeds for an interval, and segmentation's Dice margin 3 for one that covers
+        # seeds; the others' intervals resample cases, so fewer seeds keep each comparison within an hour on 2 cores
+        "max_seeds": {"autoencoder": 2, "segmentation": 3, "sr": 2, "backbones": 1},
         # a VAE whose own reconstruction clears bicubic by 3 dB, and SR denoisers that learn past bicubic
         "vae_train": [*AE_TINY, "--autoencoder.num_channels", "[16, 32]", "--autoencoder.norm_num_groups", "8",
                       "--max_steps", "1500", "--autoencoder.training.batch_size", "8",
@@ -117,7 +121,7 @@ SETTINGS = {
         "seg_train": ["--image_size", "128", "--log_interval", "50"],
         "seg_stage_steps": [2000, 1000, 1000],
         "seg_stage_lr": {},
-        "seg_subjects": 0,  # the embedded cohort (point --data_dir at BraTS for the real one)
+        "bea_subjects": 0, "seg_subjects": 0,  # the embedded cohort (point --data_dir at BraTS for the real one)
         "max_seeds": {},
         "seg_sample": ["--num_ensemble", "5", "--timestep_respacing", "ddim50"],
         "vae_train": ["--autoencoder.spatial_dims", "2", "--autoencoder.num_channels", "[64, 128]",
@@ -168,17 +172,20 @@ class Comparison:
 def _bea_plan(ctx: Context):
     variants = {"plain": ["--use_bea", "False", "--boundary_loss_weight", "0"],
                 "bea_mse": ["--boundary_loss_weight", "0"], "bea_dual": []}
+    data_jobs, brats = cohort(ctx, "bea_subjects")
+    built = tuple(job.name for job in data_jobs)
     cache = os.path.join(ctx.root, "cache", f"brats_{ctx.scale}")
-    jobs, groups = [], {v: [] for v in variants}
+    jobs, groups = list(data_jobs), {v: [] for v in variants}
     for seed in ctx.seeds_of("bea"):
         for variant, flags in variants.items():
             run = ctx.run_dir("bea", variant, seed)
             groups[variant].append(run)
             jobs.append(Job(f"bea/{variant}_s{seed}/train", "train_bea_dual_loss", [
-                "--data_dir", os.path.join(ctx.data_dir, "brats"), "--out_dir", run, "--seed", seed,
-                "--cache_dir", cache, "--resume_checkpoint", "latest", *ctx.settings["bea_train"], *flags]))
+                "--data_dir", brats, "--out_dir", run, "--seed", seed,
+                "--cache_dir", cache, "--resume_checkpoint", "latest", *ctx.settings["bea_train"], *flags],
+                after=built))
             jobs.append(Job(f"bea/{variant}_s{seed}/fpdm", "translation_FPDM_bea_dual_loss", [
-                "--model_path", run, "--data_dir", os.path.join(ctx.data_dir, "brats"),
+                "--model_path", run, "--data_dir", brats,
                 "--out_dir", os.path.join(run, "fpdm"), "--seed", seed, *ctx.settings["bea_fpdm"]],
                 after=(jobs[-1].name,)))
     return jobs, groups
@@ -198,11 +205,12 @@ def _ae_plan(ctx: Context):
     return jobs, groups
 
 
-def seg_cohort(ctx: Context) -> tuple[list[Job], str]:
-    """The segmentation cohort's job (none for the embedded one) and folder: with ``seg_subjects`` N, a cohort of
-    N subjects from the same generator, built once into ``ROOT/data/cohort_N`` (the embedded 10 subjects hold 2 LGG,
-    too few to train and test an HGG/LGG classifier)."""
-    n = ctx.settings["seg_subjects"]
+def cohort(ctx: Context, setting: str) -> tuple[list[Job], str]:
+    """The job building the cohort that ``ctx.settings[setting]`` (N subjects) names, none for the embedded one
+    (N = 0), and its BraTS folder. A cohort of N subjects from the same generator is built once into
+    ``ROOT/data/cohort_N``, shared by every comparison that names the same N (the embedded 10 subjects hold 2 LGG,
+    too few to train and test an HGG/LGG classifier, and 2 validation subjects, one to test FPDM on)."""
+    n = ctx.settings[setting]
     if not n:
         return [], os.path.join(ctx.data_dir, "brats")
     out = os.path.join(ctx.root, "data", f"cohort_{n}")
@@ -211,7 +219,7 @@ def seg_cohort(ctx: Context) -> tuple[list[Job], str]:
 
 
 def _seg_plan(ctx: Context):
-    data_jobs, brats = seg_cohort(ctx)
+    data_jobs, brats = cohort(ctx, "seg_subjects")
     built = tuple(job.name for job in data_jobs)
     csv = os.path.join(brats, "name_mapping.csv")
     stages = ctx.settings["seg_stage_steps"]
@@ -315,8 +323,11 @@ COMPARISONS = {c.key: c for c in [
                [Gate("bea_mse", "fpdm/mixed.auprc", "fpdm/reference_random_auprc", factor=5.0,
                      label="the random map's AUPRC (the lesion prevalence in the brain)"),
                 Gate("bea_mse", "fpdm/mixed.auprc", reference=0.3),
-                Gate("bea_mse", "fpdm/mixed.image_accuracy", reference=0.75)],
-               [Reported("bea_mse", "fpdm/reference_flair.mixed.auprc", "FLAIR thresholding's AUPRC"),
+                Gate("bea_mse", "fpdm/mixed.image_accuracy", reference=0.75),
+                Gate("bea_mse", "fpdm/mixed.image_accuracy", "fpdm/reference_all_healthy_accuracy",
+                     label="the all-healthy call's accuracy (the healthy share of the test slices)")],
+               [Reported("bea_mse", "fpdm/mixed.image_recall", "image recall (tumour slices called unhealthy)"),
+                Reported("bea_mse", "fpdm/reference_flair.mixed.auprc", "FLAIR thresholding's AUPRC"),
                 Reported("bea_mse", "fpdm/reference_flair.mixed.image_accuracy",
                          "FLAIR thresholding's image accuracy")],
                [Check("fpdm/mixed.auprc", "bea_dual", "bea_mse", min_effect=0.005),
