@@ -10,10 +10,11 @@ from torch import nn
 
 from patches.guided_diffusion import create_seam_diffusion, create_seam_model
 from plugins.bea.dual_loss import boundary_consistency_loss
-from plugins.bea.evaluation import (FpdmSettings, SliceOutputs, per_slice_overlap, remove_small_components,
-                                    scaled_median_size, tune)
+from plugins.bea.evaluation import (FpdmSettings, SliceOutputs, halve_subjects, per_slice_overlap,
+                                    remove_small_components, scaled_median_size, tune, tune_and_test_subjects)
 from plugins.bea.fpdm import (combined_map, forward_process, mask_thresholds, quantile_levels, tune_sim_cut)
 from plugins.bea.plugin import BEA_DEFAULTS, HEALTHY, NUM_CLASSES, attach_bea
+from plugins.data.splits import keep_run_split, stratified_split
 from tests.gd_tiny import TINY_MODEL
 
 
@@ -159,3 +160,15 @@ def test_flair_threshold_is_the_exact_quantile_of_every_healthy_brain_pixel():
                             min_component=40, min_component_px=40, flair_quantile=0.99)
     threshold = tune(out, settings, "tune").flair_threshold
     assert threshold == np.quantile(flat.numpy().astype(np.float64), 0.99) and threshold > 0.5
+
+
+def test_every_seed_is_scored_on_the_split_seeds_test_half(tmp_path):
+    """The tune/test halving follows the split file's seed, so the runs of every seed share their test subjects."""
+    val = [f"BraTS20_Training_{i:03d}" for i in range(1, 13)]
+    split = stratified_split(val + ["BraTS20_Training_099"], None, 12 / 13, seed=3)
+    keep_run_split(str(tmp_path), split, "test")
+    tune_subjects, test_subjects = tune_and_test_subjects(str(tmp_path))
+    assert (tune_subjects, test_subjects) == halve_subjects(split["val"], 3)
+    assert len(tune_subjects) == 6 and not set(tune_subjects) & set(test_subjects)
+    assert set(tune_subjects) | set(test_subjects) == set(split["val"])
+    assert tune_and_test_subjects(str(tmp_path), num_eval_cases=2)[1] == test_subjects[:2]

@@ -1,7 +1,8 @@
 """FPDM evaluation as AnoFPDM evaluates it, with the FLAIR-thresholding and random references.
 
-The run's validation subjects (``split.json``) are halved by subject (sorted, shuffled by
-``--seed``): the first half tunes, the second is the test set. ``w`` is fixed (AnoFPDM's BraTS
+The run's validation subjects (``split.json``) are halved by subject (sorted, shuffled by the
+split's own seed, 0 when the split file names none; not by ``--seed``, so every seed of every arm trained on
+one split is scored on the same test subjects): the first half tunes, the second is the test set. ``w`` is fixed (AnoFPDM's BraTS
 value 2); tuning uses slice labels only, never pixel labels: ``M_max`` per modality (largest
 ``M_te`` over the tuning unhealthy slices), the image-level cut :func:`~plugins.bea.fpdm.tune_sim_cut`,
 and the FLAIR reference's threshold (the ``flair_quantile`` of FLAIR inside the brain of the
@@ -88,7 +89,7 @@ FPDM_HELP = dict(
     num_eval_cases="score only the first N test subjects (0 = all)",
     slice_step="score every slice_step-th slice",
     use_ema="load the EMA weights of the checkpoint's step",
-    seed="seed of the tune/test halving and of the forward noise",
+    seed="seed of the forward noise (the tune/test halving follows the split file's own seed)",
     model_path="a modelNNNNNN.pt checkpoint or a run directory (its latest checkpoint)",
     data_dir="BraTS folder (default: the one the run was trained on)",
     out_dir="output folder (default: MODEL_RUN/fpdm)",
@@ -178,13 +179,14 @@ def halve_subjects(val_subjects: list, seed: int) -> tuple[list, list]:
     return sorted(order[:cut]), sorted(order[cut:])
 
 
-def tune_and_test_subjects(run_dir: str, seed: int, num_eval_cases: int = 0) -> tuple[list, list]:
-    """Halve the run's validation subjects (``split.json``); keep the first ``num_eval_cases`` test ones (0 = all)."""
+def tune_and_test_subjects(run_dir: str, num_eval_cases: int = 0) -> tuple[list, list]:
+    """Halve the run's validation subjects (``split.json``, by its seed); keep the first ``num_eval_cases`` test
+    ones (0 = all)."""
     split_path = os.path.join(run_dir, SPLIT_FILE)
     split = run_split(run_dir)
     if split is None:
         raise InputError(f"{split_path}: missing; the run directory must hold the split it was trained with")
-    tune_subjects, test_subjects = halve_subjects(split["val"], seed)
+    tune_subjects, test_subjects = halve_subjects(split["val"], split.get("seed") or 0)
     if not tune_subjects:
         raise InputError(f"{split_path}: FPDM needs at least two validation subjects (one to tune, one to test)")
     return tune_subjects, test_subjects[:num_eval_cases] if num_eval_cases else test_subjects
