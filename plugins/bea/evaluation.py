@@ -1,9 +1,9 @@
 """FPDM evaluation as AnoFPDM evaluates it, with the FLAIR-thresholding and random references.
 
-The run's validation subjects (``split.json``) are halved by subject (sorted, shuffled by the
-split's own seed, 0 when the split file names none; not by ``--seed``, so every seed of every arm trained on
-one split is scored on the same test subjects): the first half tunes, the second is the test set. ``w`` is fixed (AnoFPDM's BraTS
-value 2); tuning uses slice labels only, never pixel labels: ``M_max`` per modality (largest
+The run's validation subjects (``split.json``) are halved by subject (sorted, shuffled by the split's
+own seed, 0 when the split file names none; not by ``--seed``, so every seed of every arm trained on one
+split is scored on the same test subjects): the first half tunes, the second is the test set. ``w`` is
+fixed (AnoFPDM's BraTS value 2); tuning uses slice labels only, never pixel labels: ``M_max`` per modality (largest
 ``M_te`` over the tuning unhealthy slices), the image-level cut :func:`~plugins.bea.fpdm.tune_sim_cut`,
 and the FLAIR reference's threshold (the ``flair_quantile`` of FLAIR inside the brain of the
 tuning healthy slices).
@@ -26,12 +26,11 @@ healthy share of the test slices).
 
 Each difference from AnoFPDM's evaluation is a row of the table in :mod:`plugins.bea.fpdm`.
 
-Outputs: ``metrics.json`` (keys ``protocol``, ``metrics``, ``reference_flair``,
-``reference_random_auprc``, ``reference_all_healthy_accuracy``, ``tuned``), ``metrics.csv``, ``cases.csv`` (one row per test slice,
-case ``subject:slice``: ``slice_label``, ``call``, ``correct``, ``dice``/``iou`` of the gated
-mask, ``dice_ungated``/``iou_ungated``, ``brain_pixels``, ``lesion_pixels``, ``sim``, and the
-FLAIR reference's ``flair_call``, ``flair_correct``, ``flair_dice``, ``flair_iou``), ``maps.npz``,
-``grid.png``.
+Outputs: ``metrics.json`` (keys ``protocol``, ``metrics``, ``reference_flair``, ``reference_random_auprc``,
+``reference_all_healthy_accuracy``, ``tuned``), ``metrics.csv``, ``cases.csv`` (one row per test slice, case
+``subject:slice``: ``slice_label``, ``call``, ``correct``, ``dice``/``iou`` of the gated mask,
+``dice_ungated``/``iou_ungated``, ``brain_pixels``, ``lesion_pixels``, ``sim``, and the FLAIR reference's
+``flair_call``, ``flair_correct``, ``flair_dice``, ``flair_iou``), ``maps.npz``, ``grid.png``.
 """
 
 from __future__ import annotations
@@ -358,8 +357,8 @@ def score(out: SliceOutputs, tuned: Tuned, min_component: int) -> Scored:
     return Scored(metrics=both(out.maps, gated, masks, calls),
                   reference_flair=both(out.flair, flair_masks, flair_masks, flair_calls),
                   reference_random_auprc=random,
-                  reference_all_healthy_accuracy=float((out.labels == 0).double().mean()), masks=masks, calls=calls, flair_masks=flair_masks,
-                  flair_calls=flair_calls, rows=rows)
+                  reference_all_healthy_accuracy=float((out.labels == 0).double().mean()),
+                  masks=masks, calls=calls, flair_masks=flair_masks, flair_calls=flair_calls, rows=rows)
 
 
 def write_outputs(out_dir: str, out: SliceOutputs, scored: Scored, tuned: Tuned, settings: FpdmSettings,

@@ -56,7 +56,11 @@ median filter size             5x5 at 128 px                    5x5 at 128 px, s
                                                                 (1 = none at 32 px, 3 at 64 px): a 5x5
                                                                 filter at 32 px erases lesions of < 13 px
 tuning data                    ``num_batches_val`` random       the run's tuning half of the validation
-                               validation batches               subjects, every ``slice_step``-th slice
+                               validation batches               subjects (halved by the split's seed),
+                                                                every ``slice_step``-th slice
+test data                      every brain slice of the test    the other half, every ``slice_step``-th
+                               split's subjects                 slice (default 1; the cpu scale of
+                                                                ``reproduce.py`` takes 4, for time)
 =============================  ===============================  =========================================
 
 Unchanged from AnoFPDM: w fixed (BraTS: 2), clipped guided x0, the healthy class at w = 0 as the

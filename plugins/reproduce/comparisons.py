@@ -69,8 +69,8 @@ SETTINGS = {
     # tuned and measured on a 2-core CPU (README "The cpu scale, measured"): every baseline passes its gates
     "cpu": {
         # EMA (0.9999 with warm-up) and 3000 steps: the raw weights localise lesions but call every slice healthy,
-        # and at 2500 steps the MSE-only arm's image accuracy (0.725 over 3 seeds) is below its gate; val_mse
-        # every second epoch (66 steps each): after every epoch it took a quarter of the training time
+        # and at 2500 steps the MSE-only arm's image accuracy (0.725 over 3 seeds, embedded cohort) is below its
+        # gate; val_mse every second epoch (402 steps each on the 60-subject cohort)
         "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--lr", "3e-4", "--max_steps", "3000", "--log_interval", "50",
                       "--save_interval", "500", "--val_loss_interval", "2"],
         # t_max: 60 of the 100 steps, stride 2 (the same figures as stride 1 at half the time); every 4th slice of
