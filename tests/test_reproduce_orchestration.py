@@ -12,7 +12,7 @@ from plugins.report.runs import Run
 from plugins.reproduce import COMPARISONS, Context, check_scale, reproduce
 from plugins.reproduce.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, UNTESTABLE, Check, Gate,
                                       check_line, claim_verdict, decide, evaluate_check, evaluate_gate, gate_line)
-from plugins.reproduce.jobs import check_order, folder_lock, run_jobs
+from plugins.reproduce.jobs import Job, check_order, dependents, folder_lock, run_jobs
 
 TINY = {
     "bea_train": ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions",
@@ -85,6 +85,20 @@ def test_steps_run_side_by_side_after_what_they_read(reproduction):
         assert fpdm_start >= train_end - 0.2
     (plain_start, plain_end), (mse_start, _) = spans["plain"][0], spans["bea_mse"][0]
     assert mse_start < plain_end  # the second training did not wait for the first
+
+
+def test_jobs_others_wait_for_start_first(tmp_path):
+    """Among ready jobs, a training (one scoring waits for it) starts before the scoring of an earlier training,
+    so the last training does not wait for the scorings; list order among equals."""
+    def job(name, *after):
+        return Job(name, "make_demo_data", ["--help"], after=after)
+
+    jobs = [job("data"), job("a/train", "data"), job("a/score", "a/train"), job("b/train", "data"),
+            job("b/score", "b/train"), job("c/train", "data")]
+    assert dependents(jobs) == {"data": 5, "a/train": 1, "a/score": 0, "b/train": 1, "b/score": 0, "c/train": 0}
+    timings = {}
+    run_jobs(jobs, str(tmp_path), "order", threads=1, workers=1, timings=timings)
+    assert list(timings) == ["data", "a/train", "b/train", "a/score", "b/score", "c/train"]
 
 
 def test_cpu_plans_wait_for_what_they_read(tmp_path):

@@ -100,11 +100,24 @@ def check_order(jobs: list[Job]) -> None:
             raise ValueError(f"job {job.name} waits for {missing}, which no earlier job provides")
 
 
+def dependents(jobs: list[Job]) -> dict[str, int]:
+    """``{job.name: number of jobs that wait for it, directly or through others}``."""
+    waits_for = {job.name: set(job.after) for job in jobs}
+    for job in jobs:  # list order: a job's ``after`` jobs come before it (check_order), so their sets are whole
+        for name in job.after:
+            waits_for[job.name] |= waits_for[name]
+    return {job.name: sum(job.name in w for w in waits_for.values()) for job in jobs}
+
+
 def run_jobs(jobs: list[Job], root: str, desc: str, threads: int, workers: int = 1,
              timings: dict | None = None) -> None:
-    """Run the unfinished ``jobs``, up to ``workers`` at once, each as soon as its ``after`` jobs are done (in list
-    order among the ready ones); raise :class:`JobFailed` on the first failure, after stopping the others (they
-    resume from their checkpoints next time).
+    """Run the unfinished ``jobs``, up to ``workers`` at once, each as soon as its ``after`` jobs are done; raise
+    :class:`JobFailed` on the first failure, after stopping the others (they resume from their checkpoints next
+    time).
+
+    Among the ready jobs, those more jobs wait for start first (list order among equals): a training starts
+    before the scoring of an earlier one, so the last wave of trainings is not left waiting for scorings and
+    the scorings fill the cores the trainings leave idle.
 
     ``timings`` (if given) receives ``{job.name: seconds}`` for the jobs run now.
     """
@@ -112,6 +125,8 @@ def run_jobs(jobs: list[Job], root: str, desc: str, threads: int, workers: int =
     os.makedirs(os.path.join(root, "done"), exist_ok=True)
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     env = job_env(threads)
+    order = dependents(jobs)
+    jobs = sorted(jobs, key=lambda job: -order[job.name])  # stable: list order among equals
     finished = {job.name for job in jobs if is_done(root, job)}
     waiting = [job for job in jobs if job.name not in finished]
     running = {}  # pid -> (job, Popen, start, log file)
