@@ -32,7 +32,15 @@ Differences from seed 004's table, deliberate:
 Writes ``OUT_DIR/<set>/<backbone>/benchmark/{metrics.json, cases.csv}`` (the training run beside it), prints
 one JSON line per row, then the matched table and the seed-ratio table.
 
+Every figure but the inference time is measured once per configuration and kept in
+``benchmark/measured.json`` with the flags it was measured under; a later call on the same ``--out_dir`` reuses
+it (a call with other flags is refused), and an interrupted training resumes from its latest checkpoint. So
+``--train_only`` calls, one per backbone and side by side on several cores, followed by one call with every
+backbone that times the sampling alone, give the same table as one call:
+
     python scripts/benchmark_backbones.py --vae_path RUN_DIR/vae --data_dir data/demo/sr --out_dir runs/backbones
+    python scripts/benchmark_backbones.py ... --backbones dit --train_only True &   # one per backbone, then
+    python scripts/benchmark_backbones.py ...                                       # time them all, the tables
 """
 
 import json
@@ -47,18 +55,18 @@ import torch
 from plugins.backbones.registry import BACKBONES, check_backbone_name, count_parameters, load_backbone_params
 from plugins.common.errors import InputError, run_main
 from plugins.common.flags import make_parser
-from plugins.common.run_log import CONFIG_FILE, write_case_table, write_json_atomic
+from plugins.common.run_log import CONFIG_FILE, read_case_table, write_case_table, write_json_atomic
 from plugins.data.sr_pairs import SRPairDataset
 from plugins.latent_sr.evaluate import evaluate_pipeline, load_pipeline, sample_batch, sampling_peak_mb
 from plugins.latent_sr.objective import SRFlowObjective
-from plugins.latent_sr.trainer import all_defaults, train
+from plugins.latent_sr.trainer import PIPELINE_DIR, all_defaults, train
 
 BENCH_DEFAULTS = dict(vae_path="", data_dir="data/demo/sr", out_dir="runs/backbones", backbones="unet,dit,hybrid",
                       backbone_config="config/sr_backbones.yaml",
                       seed_ratio_config="config/sr_backbones_seed_ratio.yaml", train_steps=200, batch_size=8,
                       lr=1e-4, lr_scheduler="constant_with_warmup", ema_decay=0.999, num_inference_steps=20,
                       time_steps=5, time_rounds=5, max_samples=0,
-                      validation_steps=0, seed=0)
+                      validation_steps=0, seed=0, train_only=False)
 BENCH_HELP = dict(
     vae_path="frozen AutoencoderKL folder every backbone trains on",
     data_dir="SR pair folder",
@@ -77,9 +85,16 @@ BENCH_HELP = dict(
     max_samples="score only the first N validation images (0 = all)",
     validation_steps="steps between validation scores while each backbone trains (its val_psnr curve; 0: off)",
     seed="seed of training and sampling, the same for every backbone",
+    train_only="train and score the --backbones configurations, then stop; a later call on the same --out_dir "
+               "reuses them, times the sampling and writes the tables",
 )
 SETS = ("matched", "seed_ratio")
 METRIC_KEYS = ("psnr", "psnr_pooled", "nrmse", "ssim", "ms_ssim")
+MEASURED_FILE = "measured.json"
+#: The flags a measurement depends on, kept beside it (with the backbone's parameters) to refuse reusing it
+#: under others.
+MEASURE_FLAGS = ("vae_path", "data_dir", "train_steps", "batch_size", "lr", "lr_scheduler", "ema_decay",
+                 "num_inference_steps", "time_steps", "max_samples", "validation_steps", "seed")
 
 
 def train_step_seconds(run_cfg: dict, pipe, dataset, steps: int) -> float:
@@ -130,6 +145,12 @@ def interleaved_sampling_seconds(pipes: list, low: torch.Tensor, steps: int, rou
     return times
 
 
+def load_on_device(pipeline_dir: str):
+    """The saved pipeline, on the GPU when there is one."""
+    pipe = load_pipeline(pipeline_dir)
+    return pipe.to("cuda") if torch.cuda.is_available() else pipe
+
+
 def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple[dict, list[dict], object]:
     """Train ``name`` from ``config`` into ``run_dir`` and measure all but the inference time:
     (row, per-image case rows, the loaded pipeline)."""
@@ -137,12 +158,10 @@ def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple
         "data_dir": args.data_dir, "out_dir": run_dir, "vae_path": args.vae_path, "backbone": name,
         "backbone_config": config, "max_steps": args.train_steps, "batch_size": args.batch_size, "lr": args.lr,
         "lr_scheduler": args.lr_scheduler, "ema_decay": args.ema_decay, "seed": args.seed,
-        "checkpointing_steps": args.train_steps, "report_to": "",
+        "checkpointing_steps": args.train_steps, "report_to": "", "resume_checkpoint": "latest",
         "validation_steps": args.validation_steps, "validation_inference_steps": args.num_inference_steps})
     result = train(cfg)
-    pipe = load_pipeline(result["pipeline_dir"])
-    if torch.cuda.is_available():
-        pipe.to("cuda")
+    pipe = load_on_device(result["pipeline_dir"])
     scores, cases, _ = evaluate_pipeline(pipe, val, args.num_inference_steps, args.batch_size, args.seed,
                                          args.max_samples)
     low = torch.stack([val[i]["lr"] for i in range(min(args.batch_size, len(val)))])
@@ -153,6 +172,27 @@ def measure(args, name: str, config: str, run_dir: str, val, train_set) -> tuple
            "reference_bicubic": scores["reference_bicubic"], "train_steps": args.train_steps,
            "num_images": scores["num_images"], "run_dir": run_dir,
            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    return row, cases, pipe
+
+
+def measured_once(args, name: str, config: str, params: dict, run_dir: str, val, train_set) -> tuple:
+    """:func:`measure` unless ``run_dir/benchmark/measured.json`` holds its figures under the same flags and
+    parameters (an earlier call, ``--train_only`` or interrupted after scoring); kept there for the next call."""
+    path = os.path.join(run_dir, "benchmark", MEASURED_FILE)
+    flags = {**{k: getattr(args, k) for k in MEASURE_FLAGS}, "params": params,
+             "vae_path": os.path.abspath(args.vae_path), "data_dir": os.path.abspath(args.data_dir)}
+    cases_path = os.path.join(run_dir, "benchmark", "cases.csv")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        differ = [f"{k} {saved['flags'].get(k)!r} -> {v!r}" for k, v in flags.items() if saved["flags"].get(k) != v]
+        if differ:
+            raise InputError(f"{path}: measured under other flags ({'; '.join(differ)}); choose another --out_dir")
+        return saved["row"], read_case_table(cases_path), load_on_device(os.path.join(run_dir, PIPELINE_DIR))
+    row, cases, pipe = measure(args, name, config, run_dir, val, train_set)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_case_table(cases_path, cases)
+    write_json_atomic(path, {"flags": flags, "row": row}, indent=2)
     return row, cases, pipe
 
 
@@ -191,8 +231,12 @@ def main(argv=None):
     measured = {}
     for (set_name, name), key in keys.items():
         if key not in measured:
-            measured[key] = measure(args, name, configs[set_name], os.path.join(args.out_dir, set_name, name), val,
-                                    train_set)
+            measured[key] = measured_once(args, name, configs[set_name], params[set_name, name],
+                                          os.path.join(args.out_dir, set_name, name), val, train_set)
+    if args.train_only:
+        for row, _, _ in measured.values():
+            print(json.dumps(row), flush=True)
+        return
     low = torch.stack([val[i]["lr"] for i in range(min(args.batch_size, len(val)))])
     seconds = interleaved_sampling_seconds([pipe for _, _, pipe in measured.values()], low,
                                            args.num_inference_steps, args.time_rounds, args.seed)

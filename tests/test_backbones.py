@@ -111,6 +111,39 @@ def test_benchmark_prints_the_matched_and_seed_ratio_tables(tmp_path, capsys, lo
         assert metrics["inference_s_per_image"] == pytest.approx(median)
 
 
+def test_benchmark_trained_apart_then_timed_reuses_each_measurement(tmp_path, capsys, load_script):
+    """``--train_only`` trains and scores, writes no table; the call that times reuses its figures and weights
+    untouched (no second training); a call under other flags is refused naming the measurement."""
+    import json
+
+    from plugins.common.errors import run_main
+    from tests.test_sr_fixtures import write_pairs
+    out = tmp_path / "bench"
+    argv = ["--vae_path", tiny_vae(str(tmp_path / "vae")), "--data_dir", write_pairs(str(tmp_path / "data")),
+            "--out_dir", str(out), "--backbone_config", tiny_backbones_yaml(str(tmp_path / "bb.yaml")),
+            "--seed_ratio_config", "", "--backbones", "unet,dit", "--train_steps", "1", "--num_inference_steps", "1",
+            "--time_steps", "1", "--time_rounds", "2", "--batch_size", "2", "--max_samples", "2"]
+    script = load_script("benchmark_backbones")
+    for name in ("unet", "dit"):
+        script.main([*argv, "--backbones", name, "--train_only", "True"])
+    trained = {json.loads(line)["backbone"]: json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("{")}
+    assert set(trained) == {"unet", "dit"} and not list(out.glob("*/*/benchmark/metrics.json"))
+    weights = {p: p.stat().st_mtime_ns for p in out.glob("matched/*/pipeline/**/*") if p.is_file()}
+    script.main(argv)
+    text = capsys.readouterr().out
+    assert "Matched parameters" in text
+    rows = {json.loads(line)["backbone"]: json.loads(line) for line in text.splitlines() if line.startswith("{")}
+    for name, row in rows.items():
+        assert {k: row[k] for k in trained[name]} == trained[name] and row["inference_s_per_image"] > 0
+    assert weights and {p: p.stat().st_mtime_ns for p in weights} == weights
+    before = (out / "matched" / "dit" / "benchmark" / "metrics.json").read_text()
+    assert run_main(script.main, [*argv, "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "measured.json: measured under other flags (lr 0.0001 -> 0.001)" in err[0]
+    assert (out / "matched" / "dit" / "benchmark" / "metrics.json").read_text() == before
+
+
 def test_benchmark_refuses_a_missing_seed_ratio_config(tmp_path, capsys, load_script):
     from plugins.common.errors import run_main
     argv = ["--backbone_config", tiny_backbones_yaml(str(tmp_path / "bb.yaml")), "--seed_ratio_config",

@@ -104,7 +104,7 @@ def test_jobs_others_wait_for_start_first(tmp_path):
 def test_cpu_plans_wait_for_what_they_read(tmp_path):
     """Every step starts after the steps whose output it reads; the cpu scale's seeds per comparison; the
     60-subject cohort is built before any BEA or segmentation training, once when both run; only stage 2
-    overrides --lr."""
+    overrides --lr; the backbones train side by side and are timed together."""
     ctx = Context(root=str(tmp_path), data_dir="data/demo", scale="cpu", seeds=[0, 1, 2])
     plans = {key: comp.plan(ctx) for key, comp in COMPARISONS.items()}
     for jobs, _ in plans.values():
@@ -129,7 +129,10 @@ def test_cpu_plans_wait_for_what_they_read(tmp_path):
     assert lr == {f"segmentation/{name}_s{seed}/{step}": rate for seed in range(3) for name, step, rate in (
         ("seg_only", "train", "1e-3"), ("joint", "train", "1e-3"), ("staged", "stage1", "1e-3"),
         ("staged", "stage2", "1e-4"), ("staged", "stage3", "1e-3"))}
-    assert all(j.after == ("sr/vae/train",) for j in plans["backbones"][0][1:])
+    vae, *trains, bench = plans["backbones"][0]
+    assert [j.name for j in trains] == [f"backbones/s0/{n}/train" for n in ("unet", "dit", "hybrid")]
+    assert all(j.after == (vae.name,) and j.args[-4:-2] == ["--backbones", j.name.split("/")[2]] for j in trains)
+    assert bench.after == tuple(j.name for j in trains) and "--train_only" not in bench.args
 
 
 def test_one_folder_serves_one_reproduction(reproduction):

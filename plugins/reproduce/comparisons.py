@@ -299,17 +299,22 @@ def _sr_plan(ctx: Context):
 
 
 def _backbone_plan(ctx: Context):
-    """The benchmark writes ``out/<set>/<backbone>/benchmark/{metrics.json, cases.csv}`` (sets: matched, seed_ratio)."""
+    """One ``--train_only`` step per backbone (side by side: they train and score into the same folder), then the
+    benchmark step that reuses their figures, times the sampling alone and writes
+    ``out/<set>/<backbone>/benchmark/{metrics.json, cases.csv}`` (sets: matched, seed_ratio)."""
     vae, vae_path = vae_job(ctx)
     flags = ctx.settings["backbones"]
     names = flags[flags.index("--backbones") + 1].split(",")
     jobs, groups = [vae], {**{n: [] for n in names}, **{f"{n}_seed_ratio": [] for n in names}}
     for seed in ctx.seeds_of("backbones"):
         out = os.path.join(ctx.root, "runs", "backbones", f"s{seed}")
-        jobs.append(Job(f"backbones/s{seed}/benchmark", "benchmark_backbones", [
-            "--vae_path", vae_path, "--data_dir", os.path.join(ctx.data_dir, "sr"), "--out_dir", out,
-            "--seed", seed, "--backbone_config", backbone_config(ctx),
-            "--seed_ratio_config", backbone_config(ctx, seed_ratio=True), *flags], after=(vae.name,)))
+        args = ["--vae_path", vae_path, "--data_dir", os.path.join(ctx.data_dir, "sr"), "--out_dir", out,
+                "--seed", seed, "--backbone_config", backbone_config(ctx),
+                "--seed_ratio_config", backbone_config(ctx, seed_ratio=True), *flags]
+        trained = [Job(f"backbones/s{seed}/{name}/train", "benchmark_backbones",
+                       [*args, "--backbones", name, "--train_only", "True"], after=(vae.name,)) for name in names]
+        jobs += [*trained, Job(f"backbones/s{seed}/benchmark", "benchmark_backbones", args,
+                               after=tuple(job.name for job in trained))]
         for name in names:
             groups[name].append(os.path.join(out, "matched", name))
             groups[f"{name}_seed_ratio"].append(os.path.join(out, "seed_ratio", name))
