@@ -45,6 +45,20 @@ def test_same_seed_same_weights(gd_dist, load_script, tiny_cohort, tmp_path):
     assert logs[0] == logs[1]
 
 
+def test_channels_last_trains_the_same_weights(gd_dist, load_script, tiny_cohort, tmp_path):
+    """--channels_last True: the same noise and losses, and every weight within half an Adam step (lr 1e-4) of the
+    default layout's (Adam moves a weight by about lr whatever its gradient's size, so float rounding in a
+    near-zero gradient shows at that scale)."""
+    for name, flag in (("default", "False"), ("cl", "True")):
+        assert _train(load_script, tiny_cohort, tmp_path / name, "--max_steps", "3", "--seed", "3",
+                      "--channels_last", flag) == 0
+    a, b = (load_checkpoint(str(tmp_path / name / "model000003.pt")) for name in ("default", "cl"))
+    assert any(v.dim() == 4 for v in b.values())
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=5e-5) for k in a)
+    losses = [[r["loss"] for r in read_jsonl(str(tmp_path / name / "metrics_step.jsonl"))] for name in ("default", "cl")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--lr", "-1"], "--lr: got -1.0"),
     (["--use_fp16", "True"], "--use_fp16 True: fp16 training needs a CUDA GPU"),

@@ -47,6 +47,7 @@ LOOP_DEFAULTS = dict(
     use_fp16=False,
     fp16_scale_growth=1e-3,
     use_bf16=False,
+    channels_last=False,
     grad_clip=0.0,
     max_consecutive_skips=10,
     schedule_sampler="uniform",
@@ -64,6 +65,8 @@ LOOP_HELP = dict(
     use_fp16="float16 mixed precision with loss scaling (upstream's MixedPrecisionTrainer)",
     fp16_scale_growth="log2 loss-scale increase per successful fp16 step",
     use_bf16="forward and loss under bfloat16 autocast",
+    channels_last="the UNet's weights (so its activations) in channels_last memory order: the same results up to "
+                  "float rounding, on some CPUs faster (scripts/bench_cpu.py)",
     grad_clip="maximum total gradient norm (0 = no clipping)",
     max_consecutive_skips="non-finite steps in a row that stop the run",
     schedule_sampler="timestep sampler: uniform or loss-second-moment",
@@ -206,6 +209,8 @@ def run_training(args, plugin: SlicePlugin | None = None) -> SeamTrainLoop:
     if checkpoint and os.path.realpath(os.path.dirname(checkpoint)) != os.path.realpath(run_dir):
         check_checkpoint_split(checkpoint, data.split, data.split_source)  # own run: its split.json was checked
     plugin.extend(model, diffusion, data, args)
+    if args.channels_last:  # inputs stay contiguous: the noise drawn like them is the same as without
+        model.to(memory_format=torch.channels_last)
     if len(data.train) < args.batch_size * world:
         raise InputError(f"--batch_size {args.batch_size}: the training split has only {len(data.train)} slices")
     batches = EpochBatches(data.train, plugin.batch, args.batch_size, args.seed, rank, world, args.num_workers)
