@@ -10,9 +10,10 @@ Families, at the sizes of the reproduction's cpu scale (``--families``):
   autoencoder trainer's default reconstruction loss (combined) + 1e-6 KL on [B, 1, 16, 16, 16] filament crops.
 
 A step is forward, loss, backward and an AdamW step on one fixed batch. Variants: eager at every thread count
-of ``--threads`` (``torch.set_num_threads``) x memory format (default; channels_last on model and input, 2D
-only), and compiled (``torch.compile(model)``, default inductor backend, the optimizer eager) at each thread
-count of ``--compile_threads``, in the default format (channels_last too with ``--compile_channels_last``).
+of ``--threads`` (``torch.set_num_threads``) x memory format (default; channels_last weights with contiguous
+inputs, as the guided-diffusion trainers' ``--channels_last`` does, 2D only), and compiled
+(``torch.compile(model)``, default inductor backend, the optimizer eager) at each thread count of
+``--compile_threads``, in the default format (channels_last too with ``--compile_channels_last``).
 Every variant holds its own copy of the same initial weights and optimizer; the noise and timesteps of a step
 come from a seed shared by all variants, so they all compute the same function.
 
@@ -82,14 +83,6 @@ class Family:
         self.name, self.model, self.batch, self.loss, self.spatial_dims = name, model, batch, loss, spatial_dims
 
 
-def noise_like(x: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise of ``x``'s shape and memory format, the same values (by index) in every format.
-
-    (``randn_like`` fills in memory order, so a channels_last tensor would get other noise.)
-    """
-    return torch.empty_like(x).copy_(torch.randn(x.shape, dtype=x.dtype))
-
-
 def guided_family(batch_size: int) -> Family:
     from guided_diffusion.resample import UniformSampler
 
@@ -104,7 +97,7 @@ def guided_family(batch_size: int) -> Family:
 
     def loss(net, b):
         t, _ = sampler.sample(b["x"].shape[0], "cpu")
-        noise = noise_like(b["x"])
+        noise = torch.randn_like(b["x"])
         return diffusion.training_losses(net, b["x"], t, model_kwargs={"y": b["y"]}, noise=noise)["loss"].mean()
 
     return Family("gd", model, batch, loss, 2)
@@ -119,7 +112,7 @@ def sr_family(batch_size: int) -> Family:
 
     def loss(net, b):
         z0 = b["z0"]
-        eps, t = noise_like(z0), sample_timesteps(z0.shape[0])
+        eps, t = torch.randn_like(z0), sample_timesteps(z0.shape[0])
         v_hat = net(torch.cat([interpolate(z0, eps, t), b["cond"]], 1), t * NUM_TRAIN_TIMESTEPS).sample
         return F.mse_loss(v_hat, velocity(z0, eps))
 
@@ -152,7 +145,7 @@ BUILDERS = {"gd": lambda a: guided_family(a.gd_batch), "sr_unet": lambda a: sr_f
 
 
 class Variant:
-    """One setting of a family: its own model copy, optimizer and (channels_last) batch."""
+    """One setting of a family: its own model copy (channels_last weights) and optimizer."""
 
     def __init__(self, family: Family, threads: int, channels_last: bool, compiled: bool, lr: float):
         self.family, self.threads, self.channels_last, self.compiled = family, threads, channels_last, compiled
@@ -162,14 +155,13 @@ class Variant:
         model = copy.deepcopy(family.model).train().to(memory_format=fmt)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
         self.net = torch.compile(model) if compiled else model
-        self.batch = {k: v.contiguous(memory_format=fmt) if v.dim() == 4 else v for k, v in family.batch.items()}
         self.status, self.error, self.first_step_s, self.loss = "ok", "", 0.0, float("nan")
 
     def step(self, seed: int) -> float:
         torch.set_num_threads(self.threads)
         torch.manual_seed(seed)
         np.random.seed(seed)  # guided-diffusion's UniformSampler draws t with numpy
-        loss = self.family.loss(self.net, self.batch)
+        loss = self.family.loss(self.net, self.family.batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
