@@ -248,9 +248,9 @@ def main(argv=None):
         row = {**row, "inference_s_per_image": statistics.median(per_image[key]), "time_rounds": args.time_rounds,
                "set": set_name}
         os.makedirs(os.path.join(folder, "benchmark", "timing"), exist_ok=True)
-        if row["run_dir"] != folder:  # reused: the trained run's configuration beside its figures
+        if row["run_dir"] != folder:  # reused: the trained run's configuration and cases beside its figures
             shutil.copyfile(os.path.join(row["run_dir"], CONFIG_FILE), os.path.join(folder, CONFIG_FILE))
-        write_case_table(os.path.join(folder, "benchmark", "cases.csv"), cases)
+            write_case_table(os.path.join(folder, "benchmark", "cases.csv"), cases)
         write_case_table(os.path.join(folder, "benchmark", "timing", "cases.csv"),
                          [{"case": f"round{r + 1}", "inference_s_per_image": t} for r, t in enumerate(per_image[key])])
         write_json_atomic(os.path.join(folder, "benchmark", "metrics.json"), row, indent=2)
