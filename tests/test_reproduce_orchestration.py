@@ -17,7 +17,7 @@ from plugins.reproduce.jobs import Job, check_order, dependents, folder_lock, ru
 TINY = {
     "bea_train": ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions",
                   "8", "--num_heads", "1", "--batch_size", "4", "--diffusion_steps", "30", "--log_interval", "1",
-                  "--val_fraction", "0.4", "--max_steps", "2", "--save_interval", "2"],
+                  "--val_fraction", "0.4", "--max_steps", "2", "--save_interval", "2", "--channels_last", "True"],
     "bea_fpdm": ["--image_size", "32", "--t_max", "20", "--t_stride", "10", "--batch_size", "16",
                  "--slice_step", "4", "--num_eval_cases", "1"],
 }
@@ -54,7 +54,7 @@ def test_reports_index_and_verdicts(reproduction):
     assert "| bea | fpdm/mixed.auprc " in summary and "FAILS" in summary and "| untestable at this scale |" in summary
     assert summary.count("fpdm/mixed.auprc: bea_dual higher than bea_mse") == 1
     report = json.loads((root / "bea" / "summary.json").read_text())
-    assert list(report["groups"]) == ["plain", "bea_mse", "bea_dual"] and "fpdm/mixed.auprc" in report["metrics"]
+    assert list(report["groups"]) == ["bea_mse", "plain", "bea_dual"] and "fpdm/mixed.auprc" in report["metrics"]
     assert set(report["config_diff"]) == {"use_bea", "boundary_loss_weight"}
     assert "quick scale" in (root / "bea" / "report.md").read_text()
 
@@ -80,11 +80,11 @@ def test_steps_run_side_by_side_after_what_they_read(reproduction):
         marker = root / "done" / slug
         return marker.stat().st_mtime - float(marker.read_text().split()[0]), marker.stat().st_mtime
 
-    spans = {v: (span(f"bea__{v}_s0__train"), span(f"bea__{v}_s0__fpdm")) for v in ("plain", "bea_mse", "bea_dual")}
+    spans = {v: (span(f"bea__{v}_s0__train"), span(f"bea__{v}_s0__fpdm")) for v in ("bea_mse", "plain", "bea_dual")}
     for (_, train_end), (fpdm_start, _) in spans.values():
         assert fpdm_start >= train_end - 0.2
-    (plain_start, plain_end), (mse_start, _) = spans["plain"][0], spans["bea_mse"][0]
-    assert mse_start < plain_end  # the second training did not wait for the first
+    (mse_start, mse_end), (plain_start, _) = spans["bea_mse"][0], spans["plain"][0]
+    assert plain_start < mse_end  # the second training did not wait for the first
 
 
 def test_jobs_others_wait_for_start_first(tmp_path):
@@ -103,7 +103,8 @@ def test_jobs_others_wait_for_start_first(tmp_path):
 
 def test_cpu_plans_wait_for_what_they_read(tmp_path):
     """Every step starts after the steps whose output it reads; the cpu scale's seeds per comparison; the
-    60-subject cohort is built before any BEA or segmentation training, once when both run; only stage 2
+    60-subject cohort is built before any BEA or segmentation training, once when both run; BEA's plain arm (in
+    no check) runs one seed and its trainings keep channels_last weights; only stage 2
     overrides --lr; the backbones train side by side and are timed together."""
     ctx = Context(root=str(tmp_path), data_dir="data/demo", scale="cpu", seeds=[0, 1, 2])
     plans = {key: comp.plan(ctx) for key, comp in COMPARISONS.items()}
@@ -115,6 +116,9 @@ def test_cpu_plans_wait_for_what_they_read(tmp_path):
                                                                    f"/stage{int(job.name[-1]) - 1}"),)
     assert {key: len(runs[next(iter(runs))]) for key, (_, runs) in plans.items()} == {
         "bea": 3, "autoencoder": 2, "segmentation": 3, "sr": 2, "backbones": 1}
+    assert {v: len(runs) for v, runs in plans["bea"][1].items()} == {"bea_mse": 3, "plain": 1, "bea_dual": 3}
+    bea_trains = [j for j in plans["bea"][0] if j.name.endswith("/train")]
+    assert all(j.args[j.args.index("--channels_last") + 1] == "True" for j in bea_trains)
     cohort_dir = os.path.join(str(tmp_path), "data", "cohort_60", "brats")
     for key, first_steps in (("bea", ("/train",)), ("segmentation", ("/train", "/stage1"))):
         jobs = plans[key][0]
@@ -122,7 +126,8 @@ def test_cpu_plans_wait_for_what_they_read(tmp_path):
         assert cohort.name == "data/cohort_60" and cohort.script == "make_demo_data"
         assert cohort.args[cohort.args.index("--num_subjects") + 1] == 60
         trains = [j for j in jobs if j.name.endswith(first_steps)]
-        assert len(trains) == 9 and all(j.after == (cohort.name,) and cohort_dir in j.args for j in trains)
+        assert len(trains) == {"bea": 7, "segmentation": 9}[key]
+        assert all(j.after == (cohort.name,) and cohort_dir in j.args for j in trains)
     assert all(cohort_dir in j.args for j in plans["bea"][0] if j.name.endswith("/fpdm"))
     lr = {job.name: job.args[max(i for i, a in enumerate(job.args) if a == "--lr") + 1]
           for job in plans["segmentation"][0][1:]}
@@ -163,9 +168,9 @@ def test_a_different_scale_is_refused_and_a_failed_step_names_its_log(reproducti
         check_scale(Context(root=str(root), data_dir=ctx.data_dir, scale="default"))
     broken = Context(root=str(root / "broken"), data_dir=str(root / "no_data"), scale="quick", seeds=[0],
                      overrides=TINY)
-    with pytest.raises(InputError, match=r"step bea/plain_s0/train failed \(exit 2\); its output: .*\.log"):
+    with pytest.raises(InputError, match=r"step bea/bea_mse_s0/train failed \(exit 2\); its output: .*\.log"):
         reproduce(broken, ["bea"])
-    assert not os.path.exists(root / "broken" / "done" / "bea__plain_s0__train")
+    assert not os.path.exists(root / "broken" / "done" / "bea__bea_mse_s0__train")
     assert not os.path.exists(root / "broken" / "verdicts.json")  # nothing finished: no verdicts, no index
 
 
