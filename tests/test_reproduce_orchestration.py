@@ -104,7 +104,7 @@ def test_jobs_others_wait_for_start_first(tmp_path):
 def test_cpu_plans_wait_for_what_they_read(tmp_path):
     """Every step starts after the steps whose output it reads; the cpu scale's seeds per comparison; the
     60-subject cohort is built before any BEA or segmentation training, once when both run; BEA's plain arm (in
-    no check) runs one seed and its trainings keep channels_last weights; only stage 2
+    no check) runs one seed; BEA and segmentation train channels_last weights; only stage 2
     overrides --lr; the backbones train side by side and are timed together."""
     ctx = Context(root=str(tmp_path), data_dir="data/demo", scale="cpu", seeds=[0, 1, 2])
     plans = {key: comp.plan(ctx) for key, comp in COMPARISONS.items()}
@@ -117,8 +117,10 @@ def test_cpu_plans_wait_for_what_they_read(tmp_path):
     assert {key: len(runs[next(iter(runs))]) for key, (_, runs) in plans.items()} == {
         "bea": 3, "autoencoder": 2, "segmentation": 3, "sr": 2, "backbones": 1}
     assert {v: len(runs) for v, runs in plans["bea"][1].items()} == {"bea_mse": 3, "plain": 1, "bea_dual": 3}
-    bea_trains = [j for j in plans["bea"][0] if j.name.endswith("/train")]
-    assert all(j.args[j.args.index("--channels_last") + 1] == "True" for j in bea_trains)
+    gd_steps = [j for key in ("bea", "segmentation") for j in plans[key][0] if j.script != "make_demo_data"]
+    gd_trains = [j for j in gd_steps if "--channels_last" in j.args]
+    assert len(gd_trains) == 7 + 9 + 6 and all(j.args[j.args.index("--channels_last") + 1] == "True" for j in gd_trains)
+    assert len(gd_steps) == len(gd_trains) + 7  # and the FPDM scorings
     cohort_dir = os.path.join(str(tmp_path), "data", "cohort_60", "brats")
     for key, first_steps in (("bea", ("/train",)), ("segmentation", ("/train", "/stage1"))):
         jobs = plans[key][0]

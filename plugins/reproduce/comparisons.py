@@ -71,7 +71,8 @@ SETTINGS = {
         # EMA (0.9999 with warm-up) and 3000 steps: the raw weights localise lesions but call every slice healthy,
         # and at 2500 steps the MSE-only arm's image accuracy (0.725 over 3 seeds, embedded cohort) is below its
         # gate; val_mse every second epoch (402 steps each on the 60-subject cohort)
-        # channels_last weights: 1.23 x the step rate on an Intel Xeon, within noise on an AMD EPYC (bench_cpu.py)
+        # channels_last weights here and in seg_train: 1.23 x the step rate on an Intel Xeon, within noise on an AMD
+        # EPYC (bench_cpu.py)
         "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--lr", "3e-4", "--max_steps", "3000", "--log_interval", "50",
                       "--save_interval", "500", "--val_loss_interval", "2", "--channels_last", "True"],
         # t_max: 60 of the 100 steps, stride 2 (the same figures as stride 1 at half the time); every 4th slice of
@@ -88,7 +89,8 @@ SETTINGS = {
         # step 0 and end at 4/7, 4/7 and 6/7 of their stage's rate), validation every 2nd epoch, 1 DDIM-5 sample
         "seg_train": [*GUIDED_TINY, "--predict_xstart", "True", "--modalities", "t1,t1ce,t2,flair", "--batch_size", "8",
                       "--lr", "1e-3", "--lr_anneal_steps", "700", "--log_interval", "25", "--val_fraction", "0.4",
-                      "--val_num_ensemble", "1", "--val_timestep_respacing", "ddim5", "--val_interval", "2"],
+                      "--val_num_ensemble", "1", "--val_timestep_respacing", "ddim5", "--val_interval", "2",
+                      "--channels_last", "True"],
         "seg_stage_steps": [300, 300, 100],
         # stage 2 at the seed's head rate 1e-3 (--lr 1e-4 x 10): at 1e-3 x 10 every ReLU unit of the head died
         # and its output was constant (README, seed 002)
