@@ -179,8 +179,8 @@ def measured_once(args, name: str, config: str, params: dict, run_dir: str, val,
     """:func:`measure` unless ``run_dir/benchmark/measured.json`` holds its figures under the same flags and
     parameters (an earlier call, ``--train_only`` or interrupted after scoring); kept there for the next call."""
     path = os.path.join(run_dir, "benchmark", MEASURED_FILE)
-    flags = {**{k: getattr(args, k) for k in MEASURE_FLAGS}, "params": params,
-             "vae_path": os.path.abspath(args.vae_path), "data_dir": os.path.abspath(args.data_dir)}
+    flags = {**{k: os.path.abspath(v) if k in ("vae_path", "data_dir") else v
+                for k, v in ((k, getattr(args, k)) for k in MEASURE_FLAGS)}, "params": params}
     cases_path = os.path.join(run_dir, "benchmark", "cases.csv")
     if os.path.exists(path):
         with open(path) as f:

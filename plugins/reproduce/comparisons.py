@@ -6,8 +6,8 @@ directories for each seed (training, then evaluation into the run directory) and
 ``{variant: [run dir per seed]}``. Run directories live in ``ROOT/runs/<comparison>/<variant>_s<seed>``.
 Three scales (:data:`SCALES`): ``quick`` (tiny models, few steps: minutes on a 2-core CPU; the pipelines run
 end to end and learn nothing), ``cpu`` (the smallest sizes and step counts where each baseline passes its
-competence gate on the embedded data: each comparison within an hour on 2 cores) and ``default`` (the seeds'
-model sizes, thousands of steps: meant for a GPU).
+competence gate on the embedded data: each comparison alone about an hour at most on 2 cores) and ``default``
+(the seeds' model sizes, thousands of steps: meant for a GPU).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from plugins.reproduce.jobs import Job
 SCALES = {"quick": "tiny models, few steps, minutes on a 2-core CPU; the pipelines run end to end, the numbers "
                    "say nothing of the methods' merit",
           "cpu": "the smallest models and step counts found where each baseline is competent on the embedded data, "
-                 "each comparison within an hour on 2 cores (one thread per step, steps side by side)",
+                 "each comparison alone about an hour at most on 2 cores (one thread per step, steps side by side)",
           "default": "the seeds' model sizes, thousands of steps (GPU)"}
 DEFAULT_SEEDS = {"quick": 2, "cpu": 3, "default": 3}
 GUIDED_TINY = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--attention_resolutions", "8",
@@ -101,7 +101,7 @@ SETTINGS = {
         # call's); segmentation's 12 LGG, 5 of them among the 24 validation subjects, give the head's AUC an interval
         "bea_subjects": 60, "seg_subjects": 60,
         # BEA's pooled AUPRC needs 3 seeds for an interval, and segmentation's Dice margin 3 for one that covers
-        # seeds; the others' intervals resample cases, so fewer seeds keep each comparison within an hour on 2 cores;
+        # seeds; the others' intervals resample cases, so fewer seeds keep each comparison to about an hour on 2 cores;
         # BEA's plain arm is in no check or gate (reported beside them): one seed, 7 trainings instead of 9
         "max_seeds": {"autoencoder": 2, "segmentation": 3, "sr": 2, "backbones": 1, "bea/plain": 1},
         # a VAE whose own reconstruction clears bicubic by 3 dB, and SR denoisers that learn past bicubic
