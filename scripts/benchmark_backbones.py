@@ -95,6 +95,7 @@ MEASURED_FILE = "measured.json"
 #: under others.
 MEASURE_FLAGS = ("vae_path", "data_dir", "train_steps", "batch_size", "lr", "lr_scheduler", "ema_decay",
                  "num_inference_steps", "time_steps", "max_samples", "validation_steps", "seed")
+PATH_FLAGS = ("vae_path", "data_dir")  # kept as absolute paths: another working directory names the same files
 
 
 def train_step_seconds(run_cfg: dict, pipe, dataset, steps: int) -> float:
@@ -179,8 +180,8 @@ def measured_once(args, name: str, config: str, params: dict, run_dir: str, val,
     """:func:`measure` unless ``run_dir/benchmark/measured.json`` holds its figures under the same flags and
     parameters (an earlier call, ``--train_only`` or interrupted after scoring); kept there for the next call."""
     path = os.path.join(run_dir, "benchmark", MEASURED_FILE)
-    flags = {**{k: os.path.abspath(v) if k in ("vae_path", "data_dir") else v
-                for k, v in ((k, getattr(args, k)) for k in MEASURE_FLAGS)}, "params": params}
+    flags = {**{k: os.path.abspath(getattr(args, k)) if k in PATH_FLAGS else getattr(args, k) for k in MEASURE_FLAGS},
+             "params": params}
     cases_path = os.path.join(run_dir, "benchmark", "cases.csv")
     if os.path.exists(path):
         with open(path) as f:
