@@ -17,6 +17,13 @@ inputs, as the guided-diffusion trainers' ``--channels_last`` does, 2D only), an
 Every variant holds its own copy of the same initial weights and optimizer; the noise and timesteps of a step
 come from a seed shared by all variants, so they all compute the same function.
 
+Side by side (``--side_by_side N``, 2D families): the reproduction trains N steps at once, one thread each, so the
+memory format is also timed that way: each round forks N processes of one format at once (the formats
+alternate, the order reversed every other round), each times ``--side_by_side_steps`` steps between barriers
+after a warm-up step; a round's figure is the mean seconds per step of its processes. One JSON line per
+format (``figure: train_step_side_by_side``), ``value`` = speedup over the default format (median of the
+per-round time ratios).
+
 One JSON line per variant (``figure: train_step``): ``value`` = speedup over the baseline (eager, default
 format, the first thread count) = median over ``--rounds`` interleaved rounds of the per-round time ratio
 (the order reversed every other round; ``plugins/common/bench.py``), with median seconds per step and
@@ -29,13 +36,17 @@ outlasts ``--compile_timeout`` is reported ``status: unsupported`` with the erro
     python scripts/bench_cpu.py                                   # all families, 1 vs 2 threads, compile on
     python scripts/bench_cpu.py --compile False --rounds 15       # eager only, tighter medians
     python scripts/bench_cpu.py --families gd --rounds 9 --steps 3
+    python scripts/bench_cpu.py --families gd --threads 1 --compile False --side_by_side 2   # as the cpu scale trains
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
+import queue
 import signal
+import statistics
 import sys
 import time
 
@@ -51,7 +62,7 @@ FAMILIES = ("gd", "sr_unet", "ae3d")
 BENCH_DEFAULTS = dict(families="gd,sr_unet,ae3d", threads="1,2", channels_last=True, compile=True, compile_threads="1",
                       compile_channels_last=False, compile_timeout=300.0, compile_fallback_random=True, rounds=5,
                       steps=1, warmup=1, check_steps=3, tolerance=1e-4,
-                      gd_batch=8, sr_batch=16, ae_batch=1, lr=1e-4, seed=0)
+                      side_by_side=2, side_by_side_steps=20, gd_batch=8, sr_batch=16, ae_batch=1, lr=1e-4, seed=0)
 BENCH_HELP = dict(
     families="comma-separated model families to measure: gd, sr_unet, ae3d",
     threads="comma-separated torch CPU thread counts to compare; the first is the baseline's",
@@ -68,6 +79,9 @@ BENCH_HELP = dict(
     warmup="untimed warm-up rounds",
     check_steps="optimizer steps from the same weights before the losses are compared",
     tolerance="largest relative loss difference from the baseline that counts as the same result",
+    side_by_side="processes training at once, one thread each, in the side-by-side figures of the two memory "
+                 "formats (1 = none)",
+    side_by_side_steps="training steps each side-by-side process times per round",
     gd_batch="batch size of the guided-diffusion UNet step (BEA 8, segmentation 24 at the cpu scale)",
     sr_batch="batch size of the SR denoiser step",
     ae_batch="batch size of the 3D autoencoder step",
@@ -234,7 +248,8 @@ def parse_args(argv):
                          f"got {args.families!r}")
     args.thread_list = thread_counts(args.threads, "--threads")
     args.compile_thread_list = thread_counts(args.compile_threads, "--compile_threads")
-    for flag in ("rounds", "steps", "check_steps", "gd_batch", "sr_batch", "ae_batch"):
+    for flag in ("rounds", "steps", "check_steps", "side_by_side", "side_by_side_steps", "gd_batch", "sr_batch",
+                 "ae_batch"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
     for flag in ("tolerance", "lr", "compile_timeout"):
@@ -278,6 +293,57 @@ def bench_family(family: Family, args) -> list[dict]:
     return records
 
 
+def _side_by_side_worker(name: str, args, channels_last: bool, barrier, results) -> None:
+    """One process of a side-by-side round: puts its seconds per step, timed while every process of the round
+    trains (barriers before and after)."""
+    torch.manual_seed(args.seed)
+    variant = Variant(BUILDERS[name](args), 1, channels_last, False, args.lr)
+    variant.step(args.seed)
+    barrier.wait()
+    start = time.perf_counter()
+    for k in range(args.side_by_side_steps):
+        variant.step(args.seed + 1 + k)
+    seconds = (time.perf_counter() - start) / args.side_by_side_steps
+    barrier.wait()
+    results.put(seconds)
+
+
+def bench_side_by_side(name: str, args) -> list[dict]:
+    """The module docstring's side-by-side figures of family ``name`` (default vs channels_last weights)."""
+    ctx = multiprocessing.get_context("fork")  # the family builders live in this script, which a spawned process cannot import
+    times = {False: [], True: []}
+    for r in range(args.rounds):
+        for channels_last in ((False, True) if r % 2 == 0 else (True, False)):
+            barrier, results = ctx.Barrier(args.side_by_side), ctx.Queue()
+            procs = [ctx.Process(target=_side_by_side_worker, args=(name, args, channels_last, barrier, results))
+                     for _ in range(args.side_by_side)]
+            for p in procs:
+                p.start()
+            try:
+                per_process = [results.get(timeout=600) for _ in procs]
+            except queue.Empty:
+                raise RuntimeError(f"{name}: a side-by-side process gave no time within 600 s") from None
+            finally:
+                for p in procs:
+                    p.join(timeout=60)
+                    if p.is_alive():
+                        p.kill()
+            times[channels_last].append(statistics.mean(per_process))
+    records = []
+    for channels_last, samples in times.items():
+        ratio = statistics.median(t / b for t, b in zip(samples, times[False]))
+        step_s = statistics.median(samples)
+        record = {"figure": "train_step_side_by_side", "family": name,
+                  "variant": "channels_last" if channels_last else "default", "value": round(1.0 / ratio, 4),
+                  "value_is": "speedup over the default format (median of per-round time ratios)",
+                  "processes": args.side_by_side, "threads_per_process": 1, "median_step_s": round(step_s, 5),
+                  "steps_per_s_per_process": round(1.0 / step_s, 3), "rounds": args.rounds,
+                  "steps": args.side_by_side_steps, "torch": torch.__version__, "device": "cpu"}
+        print(json.dumps(record), flush=True)
+        records.append(record)
+    return records
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch._inductor.config as inductor_config
@@ -287,7 +353,10 @@ def main(argv=None):
     try:
         for name in args.family_list:
             torch.manual_seed(args.seed)
-            bench_family(BUILDERS[name](args), args)
+            family = BUILDERS[name](args)
+            bench_family(family, args)
+            if args.side_by_side > 1 and family.spatial_dims == 2:
+                bench_side_by_side(name, args)
     finally:
         torch.set_num_threads(threads_at_start)
         inductor_config.fallback_random = random_at_start
