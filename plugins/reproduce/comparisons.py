@@ -69,10 +69,11 @@ SETTINGS = {
     # tuned and measured on a 2-core CPU (README "The cpu scale, measured"): every baseline passes its gates
     "cpu": {
         # EMA (0.9999 with warm-up) and 3000 steps: the raw weights localise lesions but call every slice healthy,
-        # and at 2500 steps the MSE-only arm's image accuracy (0.725 over 3 seeds, embedded cohort) is below its
-        # gate; val_mse every second epoch (402 steps each on the 60-subject cohort)
-        # channels_last weights here and in seg_train: 1.23 x the step rate on an idle Intel Xeon, within noise on
-        # the shared machine of the README's bench_cpu.py table
+        # and at 2500 steps the MSE-only arm's image accuracy is below its gate (0.725 over 3 seeds on the embedded
+        # cohort; on the 60-subject cohort 0.822, but one seed at 0.737); val_mse every second epoch (402 steps each
+        # on the 60-subject cohort)
+        # channels_last weights here and in seg_train: 1.24 x the step rate with two trainings at once on an idle
+        # Intel Xeon (bench_cpu.py --side_by_side 2), within noise on the shared machine of the README's table
         "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--lr", "3e-4", "--max_steps", "3000", "--log_interval", "50",
                       "--save_interval", "500", "--val_loss_interval", "2", "--channels_last", "True"],
         # t_max: 60 of the 100 steps, stride 2 (the same figures as stride 1 at half the time); every 4th slice of
