@@ -18,9 +18,9 @@ Every variant holds its own copy of the same initial weights and optimizer; the 
 come from a seed shared by all variants, so they all compute the same function.
 
 Side by side (``--side_by_side N``, 2D families): the reproduction trains N steps at once, one thread each, so the
-memory format is also timed that way: each round forks N processes of one format at once (the formats
-alternate, the order reversed every other round), each times ``--side_by_side_steps`` steps between barriers
-after a warm-up step; a round's figure is the mean seconds per step of its processes. One JSON line per
+memory format is also timed that way: each round starts N processes of one format at once (the formats
+alternate, the order reversed every other round), each times ``--side_by_side_steps`` steps, started together after a
+warm-up step and training on until every process has timed its steps; a round's figure is the mean seconds per step of its processes. One JSON line per
 format (``figure: train_step_side_by_side``), ``value`` = speedup over the default format (median of the
 per-round time ratios).
 
@@ -41,12 +41,14 @@ outlasts ``--compile_timeout`` is reported ``status: unsupported`` with the erro
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
-import multiprocessing
-import queue
+import os
+import select
 import signal
 import statistics
+import subprocess
 import sys
 import time
 
@@ -240,7 +242,9 @@ def thread_counts(text: str, flag: str) -> list[int]:
 
 
 def parse_args(argv):
-    args = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS, phrases=(BENCH_HELP,)).parse_args(argv)
+    parser = make_parser(__doc__.splitlines()[0], BENCH_DEFAULTS, phrases=(BENCH_HELP,))
+    parser.add_argument("--side_by_side_worker", default="", help=argparse.SUPPRESS)  # FAMILY:0|1, one process
+    args = parser.parse_args(argv)
     args.family_list = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in args.family_list if f not in FAMILIES]
     if bad or not args.family_list:
@@ -293,42 +297,60 @@ def bench_family(family: Family, args) -> list[dict]:
     return records
 
 
-def _side_by_side_worker(name: str, args, channels_last: bool, barrier, results) -> None:
-    """One process of a side-by-side round: puts its seconds per step, timed while every process of the round
-    trains (barriers before and after)."""
+def side_by_side_worker(args) -> None:
+    """A process of a side-by-side round (``--side_by_side_worker FAMILY:CHANNELS_LAST``): builds its variant,
+    takes a warm-up step and prints ``ready``; on a line on stdin it times ``--side_by_side_steps`` steps and
+    prints ``{"step_s": ...}``, then trains on untimed until stdin closes, so no other process's timed steps
+    run alone."""
+    name, channels_last = args.side_by_side_worker.split(":")
     torch.manual_seed(args.seed)
-    variant = Variant(BUILDERS[name](args), 1, channels_last, False, args.lr)
+    variant = Variant(BUILDERS[name](args), 1, channels_last == "1", False, args.lr)
     variant.step(args.seed)
-    barrier.wait()
+    print("ready", flush=True)
+    sys.stdin.readline()
     start = time.perf_counter()
     for k in range(args.side_by_side_steps):
         variant.step(args.seed + 1 + k)
-    seconds = (time.perf_counter() - start) / args.side_by_side_steps
-    barrier.wait()
-    results.put(seconds)
+    print(json.dumps({"step_s": (time.perf_counter() - start) / args.side_by_side_steps}), flush=True)
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        variant.step(args.seed)
 
 
-def bench_side_by_side(name: str, args) -> list[dict]:
+def _round_step_s(name: str, channels_last: bool, argv: list, n: int) -> float:
+    """Mean seconds per step of ``n`` worker processes started at once (fresh processes: a fork of this one,
+    whose OpenMP threads may have run, can hang)."""
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--side_by_side_worker", f"{name}:{int(channels_last)}"]
+    procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(n)]
+    try:
+        def line(p):
+            text = p.stdout.readline()
+            if not text:
+                err = p.stderr.read().strip().splitlines()
+                raise RuntimeError(f"{name}: a side-by-side process failed: {err[-1] if err else 'no output'}")
+            return text
+
+        for p in procs:
+            line(p)  # ready
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        return statistics.mean(json.loads(line(p))["step_s"] for p in procs)
+    finally:
+        for p in procs:
+            p.stdin.close()
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def bench_side_by_side(name: str, args, argv: list) -> list[dict]:
     """The module docstring's side-by-side figures of family ``name`` (default vs channels_last weights)."""
-    ctx = multiprocessing.get_context("fork")  # the family builders live in this script, which a spawned process cannot import
     times = {False: [], True: []}
     for r in range(args.rounds):
         for channels_last in ((False, True) if r % 2 == 0 else (True, False)):
-            barrier, results = ctx.Barrier(args.side_by_side), ctx.Queue()
-            procs = [ctx.Process(target=_side_by_side_worker, args=(name, args, channels_last, barrier, results))
-                     for _ in range(args.side_by_side)]
-            for p in procs:
-                p.start()
-            try:
-                per_process = [results.get(timeout=600) for _ in procs]
-            except queue.Empty:
-                raise RuntimeError(f"{name}: a side-by-side process gave no time within 600 s") from None
-            finally:
-                for p in procs:
-                    p.join(timeout=60)
-                    if p.is_alive():
-                        p.kill()
-            times[channels_last].append(statistics.mean(per_process))
+            times[channels_last].append(_round_step_s(name, channels_last, argv, args.side_by_side))
     records = []
     for channels_last, samples in times.items():
         ratio = statistics.median(t / b for t, b in zip(samples, times[False]))
@@ -345,7 +367,11 @@ def bench_side_by_side(name: str, args) -> list[dict]:
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.side_by_side_worker:
+        side_by_side_worker(args)
+        return
     import torch._inductor.config as inductor_config
 
     threads_at_start, random_at_start = torch.get_num_threads(), inductor_config.fallback_random
@@ -356,7 +382,7 @@ def main(argv=None):
             family = BUILDERS[name](args)
             bench_family(family, args)
             if args.side_by_side > 1 and family.spatial_dims == 2:
-                bench_side_by_side(name, args)
+                bench_side_by_side(name, args, argv)
     finally:
         torch.set_num_threads(threads_at_start)
         inductor_config.fallback_random = random_at_start

@@ -38,7 +38,8 @@ def test_a_compilation_past_its_timeout_is_reported_unsupported(run_script, caps
 
 
 def test_side_by_side_times_both_formats_in_processes_at_once(run_script, capsys):
-    assert run_script("bench_cpu", *SMALLEST, "--families", "gd,ae3d", "--threads", "1", "--compile", "False",
+    # two threads first: the side-by-side processes start fresh (a fork after OpenMP threads ran hung)
+    assert run_script("bench_cpu", *SMALLEST, "--families", "gd,ae3d", "--threads", "2", "--compile", "False",
                       "--side_by_side", "2", "--side_by_side_steps", "1", "--rounds", "2") == 0
     side = [r for r in _records(capsys) if r["figure"] == "train_step_side_by_side"]
     assert [(r["family"], r["variant"]) for r in side] == [("gd", "default"), ("gd", "channels_last")]  # 2D only
