@@ -17,12 +17,12 @@ inputs, as the guided-diffusion trainers' ``--channels_last`` does, 2D only), an
 Every variant holds its own copy of the same initial weights and optimizer; the noise and timesteps of a step
 come from a seed shared by all variants, so they all compute the same function.
 
-Side by side (``--side_by_side N``, 2D families): the reproduction trains N steps at once, one thread each, so the
-memory format is also timed that way: each round starts N processes of one format at once (the formats
-alternate, the order reversed every other round), each times ``--side_by_side_steps`` steps, started together after a
-warm-up step and training on until every process has timed its steps; a round's figure is the mean seconds per step of its processes. One JSON line per
-format (``figure: train_step_side_by_side``), ``value`` = speedup over the default format (median of the
-per-round time ratios).
+Side by side (``--side_by_side N``, 2D families): the reproduction trains N steps at once, one thread each,
+so the memory format is also timed that way. Each round starts N fresh processes of one format at once (the
+formats alternate, the order reversed every other round); after a warm-up step they start together, each
+times ``--side_by_side_steps`` steps and trains on until all have timed theirs. A round's figure is the mean
+seconds per step of its processes. One JSON line per format (``figure: train_step_side_by_side``), ``value``
+= speedup over the default format (median of the per-round time ratios).
 
 One JSON line per variant (``figure: train_step``): ``value`` = speedup over the baseline (eager, default
 format, the first thread count) = median over ``--rounds`` interleaved rounds of the per-round time ratio
@@ -319,7 +319,8 @@ def side_by_side_worker(args) -> None:
 def _round_step_s(name: str, channels_last: bool, argv: list, n: int) -> float:
     """Mean seconds per step of ``n`` worker processes started at once (fresh processes: a fork of this one,
     whose OpenMP threads may have run, can hang)."""
-    command = [sys.executable, os.path.abspath(__file__), *argv, "--side_by_side_worker", f"{name}:{int(channels_last)}"]
+    command = [sys.executable, os.path.abspath(__file__), *argv,
+               "--side_by_side_worker", f"{name}:{int(channels_last)}"]
     procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(n)]
     try:
