@@ -72,7 +72,7 @@ SETTINGS = {
         # and at 2500 steps the MSE-only arm's image accuracy is below its gate (0.725 over 3 seeds on the embedded
         # cohort; on the 60-subject cohort 0.822, but one seed at 0.737); val_mse every second epoch (402 steps each
         # on the 60-subject cohort)
-        # channels_last weights here and in seg_train: 1.24 x the step rate with two trainings at once on an idle
+        # channels_last weights here and in seg_train: 1.24-1.26 x the step rate with two trainings at once on an idle
         # Intel Xeon (bench_cpu.py --side_by_side 2), within noise on the shared machine of the README's table
         "bea_train": [*GUIDED_TINY, "--batch_size", "8", "--lr", "3e-4", "--max_steps", "3000", "--log_interval", "50",
                       "--save_interval", "500", "--val_loss_interval", "2", "--channels_last", "True"],
