@@ -2,11 +2,11 @@
 
 :class:`SegDiffTrainLoop` gives the seam's AdamW two parameter groups over the trainable parameters:
 the log-sigmas (``model.loss_parameters``) at ``uw_lr``, everything else at ``lr``, when the log-sigmas
-train (joint training, stage 3; the stages that freeze a part also freeze the log-sigmas). With ``uw_lr == lr`` it is the seam's loop unchanged. Stage 3 trains
-the backbone at ``0.1 x --lr``; at that rate Adam moves a log-sigma by about 1e-5 per step, so
-without ``--uw_lr`` uncertainty weighting stays at its start. Lr annealing scales each group
-from its own base rate. Both groups live in one optimizer, so its checkpoint and resume are the
-seam's.
+train (joint training, stage 3; the stages that freeze a part also freeze the log-sigmas). With
+``uw_lr == lr`` it is the seam's loop unchanged. Stage 3 trains the backbone at ``0.1 x --lr``; at
+that rate Adam moves a log-sigma by about 1e-5 per step, so without ``--uw_lr`` uncertainty weighting
+stays at its start. Lr annealing scales each group from its own base rate. Both groups live in one
+optimizer, so its checkpoint and resume are the seam's.
 """
 
 from __future__ import annotations
