@@ -58,13 +58,6 @@ def _case_values(runs: list[Run], key: str) -> dict:
     return {r.seed: r.cases[key] for r in runs if key in r.cases}
 
 
-def _case_unit(*tables) -> str:
-    """What a bootstrap over ``{seed: {case: (subject, value)}}`` tables resamples: "subjects" when the tables
-    name them, "" when every case is its own unit (a table without a ``subject`` column, e.g. timing rounds)."""
-    return "subjects" if any(subj != case for t in tables for cases in t.values()
-                             for case, (subj, _) in cases.items()) else ""
-
-
 def _table(groups: dict, values_of, resamples: int, seed: int, paired: dict, refused: dict | None = None):
     """(summaries, deltas, missing) for every key that ``values_of(run)`` (a dict) yields."""
     names = list(groups)
@@ -94,8 +87,7 @@ def _table(groups: dict, values_of, resamples: int, seed: int, paired: dict, ref
             covers = COVERS_SEEDS
             base_cases, var_cases = _case_values(groups[base_name], key), _case_values(groups[name], key)
             if paired[name] and base_cases and var_cases:
-                ci, covers, _ = two_level_ci(base_cases, var_cases, resamples=resamples, seed=seed,
-                                             unit=_case_unit(base_cases, var_cases))
+                ci, covers, _ = two_level_ci(base_cases, var_cases, resamples=resamples, seed=seed)
                 if ci is None:
                     covers = None
             elif paired[name]:

@@ -37,8 +37,8 @@ EXACT_LIMIT = 200_000
 LEVEL = 0.95
 MIN_SEEDS = 3
 COVERS_SEEDS = "seeds"
-COVERS_BOTH = "seeds and cases{unit}"
-COVERS_CASES = "cases{unit} only; fewer than 3 seeds, so the seeds are held fixed"
+COVERS_BOTH = "seeds and cases ({unit})"
+COVERS_CASES = "cases ({unit}) only; fewer than 3 seeds, so the seeds are held fixed"
 
 
 @dataclass
@@ -116,9 +116,8 @@ def two_level_ci(base: dict | None, variant: dict, reference: float = 0.0, resam
 
     ``base``/``variant``: ``{seed: {case: (subject, value)}}``; ``base`` None compares with ``reference``.
     Only seeds and cases present in both are used. ``unit`` names what a case's subject is in ``covers``
-    (e.g. "timing rounds" when each case is a round of a benchmark; "" names none).
+    (e.g. "timing rounds" when each case is a round of a benchmark).
     """
-    unit = f" ({unit})" if unit else ""
     seeds = sorted(variant if base is None else set(base) & set(variant), key=str)
     diffs = {}
     for s in seeds:
