@@ -348,19 +348,16 @@ def _round_step_s(name: str, channels_last: bool, argv: list, n: int) -> float:
 
 def bench_side_by_side(name: str, args, argv: list) -> list[dict]:
     """The module docstring's side-by-side figures of family ``name`` (default vs channels_last weights)."""
-    times = {False: [], True: []}
-    for r in range(args.rounds):
-        for channels_last in ((False, True) if r % 2 == 0 else (True, False)):
-            times[channels_last].append(_round_step_s(name, channels_last, argv, args.side_by_side))
+    calls = {fmt: (lambda cl=cl: _round_step_s(name, cl, argv, args.side_by_side))
+             for fmt, cl in (("default", False), ("channels_last", True))}
+    ratios, medians = paired_ratios(calls, "default", args.rounds, warmup=0, self_timed=True)
     records = []
-    for channels_last, samples in times.items():
-        ratio = statistics.median(t / b for t, b in zip(samples, times[False]))
-        step_s = statistics.median(samples)
-        record = {"figure": "train_step_side_by_side", "family": name,
-                  "variant": "channels_last" if channels_last else "default", "value": round(1.0 / ratio, 4),
+    for fmt in calls:
+        record = {"figure": "train_step_side_by_side", "family": name, "variant": fmt,
+                  "value": round(1.0 / ratios[fmt], 4),
                   "value_is": "speedup over the default format (median of per-round time ratios)",
-                  "processes": args.side_by_side, "threads_per_process": 1, "median_step_s": round(step_s, 5),
-                  "steps_per_s_per_process": round(1.0 / step_s, 3), "rounds": args.rounds,
+                  "processes": args.side_by_side, "threads_per_process": 1, "median_step_s": round(medians[fmt], 5),
+                  "steps_per_s_per_process": round(1.0 / medians[fmt], 3), "rounds": args.rounds,
                   "steps": args.side_by_side_steps, "torch": torch.__version__, "device": "cpu"}
         print(json.dumps(record), flush=True)
         records.append(record)

@@ -13,7 +13,9 @@ import statistics
 import time
 
 
-def _round_samples(variants: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
+def _round_samples(variants: dict, rounds: int, warmup: int, self_timed: bool = False) -> dict[str, list[float]]:
+    """Seconds of each call per round; ``self_timed``: each call returns its own seconds (e.g. timed inside
+    worker processes, without their start-up)."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
@@ -22,8 +24,8 @@ def _round_samples(variants: dict, rounds: int, warmup: int) -> dict[str, list[f
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            variants[name]()
-            samples[name].append(time.perf_counter() - start)
+            seconds = variants[name]()
+            samples[name].append(seconds if self_timed else time.perf_counter() - start)
     return samples
 
 
@@ -32,9 +34,11 @@ def interleaved_times(variants: dict, rounds: int, warmup: int = 1) -> dict[str,
     return {name: statistics.median(v) for name, v in _round_samples(variants, rounds, warmup).items()}
 
 
-def paired_ratios(variants: dict, baseline: str, rounds: int, warmup: int = 1) -> tuple[dict, dict]:
-    """``({name: median_r(t_name[r] / t_baseline[r])}, {name: median seconds})`` over interleaved rounds."""
-    samples = _round_samples(variants, rounds, warmup)
+def paired_ratios(variants: dict, baseline: str, rounds: int, warmup: int = 1,
+                  self_timed: bool = False) -> tuple[dict, dict]:
+    """``({name: median_r(t_name[r] / t_baseline[r])}, {name: median seconds})`` over interleaved rounds
+    (``self_timed``: each call returns its own seconds)."""
+    samples = _round_samples(variants, rounds, warmup, self_timed)
     base = samples[baseline]
     ratios = {name: statistics.median(t / b for t, b in zip(v, base)) for name, v in samples.items()}
     return ratios, {name: statistics.median(v) for name, v in samples.items()}
