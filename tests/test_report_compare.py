@@ -217,6 +217,11 @@ def test_per_case_tables_and_refusal_of_other_validation_subjects(tmp_path, load
     assert "not compared: o validated on other subjects than the baseline" in capsys.readouterr().out
     fewer = _fake_run(tmp_path / "f", 0, {"score": 2.0}, cases=rows(0.2)[:3])
     assert "scored on other cases" in compare(read_groups([base, fewer]))["not_comparable"]["f"]
+    # a table without a subject column resamples each case on its own, and the interval says so
+    plain = lambda d: [{k: v for k, v in r.items() if k != "subject"} for r in rows(d)]  # noqa: E731
+    unnamed = [_fake_run(tmp_path / n, 0, {"score": 1.0}, cases=plain(d)) for n, d in (("ub", 0.0), ("uv", 0.2))]
+    assert compare(read_groups(unnamed))["deltas"]["case.dice"]["uv"]["covers"].startswith(
+        "cases (no subject column) only")
 
 
 def test_bootstrap_enumerates_small_samples_and_draws_large_ones():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from plugins.report.config_diff import config_diff
-from plugins.report.runs import Run
+from plugins.report.runs import NO_SUBJECTS, SUBJECTS, Run
 from plugins.report.stats import COVERS_SEEDS, bootstrap_ci, deltas, excludes_zero, summarize, two_level_ci
 
 
@@ -58,6 +58,11 @@ def _case_values(runs: list[Run], key: str) -> dict:
     return {r.seed: r.cases[key] for r in runs if key in r.cases}
 
 
+def _case_unit(runs: list[Run], key: str) -> str:
+    """SUBJECTS when every run's table of ``key`` names subjects, else NO_SUBJECTS (each case its own unit)."""
+    return SUBJECTS if all(r.case_units.get(key) == SUBJECTS for r in runs if key in r.cases) else NO_SUBJECTS
+
+
 def _table(groups: dict, values_of, resamples: int, seed: int, paired: dict, refused: dict | None = None):
     """(summaries, deltas, missing) for every key that ``values_of(run)`` (a dict) yields."""
     names = list(groups)
@@ -87,7 +92,8 @@ def _table(groups: dict, values_of, resamples: int, seed: int, paired: dict, ref
             covers = COVERS_SEEDS
             base_cases, var_cases = _case_values(groups[base_name], key), _case_values(groups[name], key)
             if paired[name] and base_cases and var_cases:
-                ci, covers, _ = two_level_ci(base_cases, var_cases, resamples=resamples, seed=seed)
+                ci, covers, _ = two_level_ci(base_cases, var_cases, resamples=resamples, seed=seed,
+                                             unit=_case_unit(groups[base_name] + groups[name], key))
                 if ci is None:
                     covers = None
             elif paired[name]:

@@ -12,7 +12,8 @@ Conventions (every pipeline of the project follows them):
   thresholding, a random map, bicubic, the all-black reconstruction); the rest is metadata. The merged last epoch adds ``epoch/<key>`` for keys no result file has.
 - Per-case tables: every ``cases.csv`` beside a result file (``plugins.common.run_log.write_case_table``):
   each numeric column becomes ``cases[<folder>/case.<column>] = {case: (subject, value)}`` and its mean
-  over cases the final metric of the same name, so intervals can be taken over cases.
+  over cases the final metric of the same name, so intervals can be taken over cases. A table without a
+  ``subject`` column makes each case its own subject; ``case_units`` records which kind each key is.
 - Validation subjects: the ``val`` list of the run's ``split.json`` (None without one).
 - Samples: every ``*.png`` outside TensorBoard/checkpoint folders; digits in the name are a counter,
   so ``samples/step_0000020.png`` is matched across runs as ``samples/step_#.png`` (newest kept).
@@ -39,6 +40,8 @@ NOT_CURVES = {"step", "epoch", "samples", "lr", "step_time_s", "peak_mem_mb"}
 #: Result-file keys that count progress rather than measure anything.
 COUNTERS = {"step", "epoch", "global_step", "seed"}
 QUARTILE = re.compile(r"_q\d$")
+#: What a per-case table's cases are grouped by, for an interval's ``covers`` label.
+SUBJECTS, NO_SUBJECTS = "subjects", "no subject column"
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Run:
     images: dict = field(default_factory=dict)
     cost: dict = field(default_factory=dict)
     cases: dict = field(default_factory=dict)
+    case_units: dict = field(default_factory=dict)  # cases key -> SUBJECTS or NO_SUBJECTS (what a case's subject is)
     val_subjects: list | None = None
 
     @property
@@ -164,9 +168,11 @@ def final_metrics(root: str, epochs: list[dict]) -> dict:
     return out
 
 
-def case_metrics(root: str) -> dict:
-    """``{"<folder>/case.<column>": {case: (subject, value)}}`` from every ``cases.csv`` (numeric cells)."""
+def case_metrics(root: str) -> tuple[dict, dict]:
+    """``({"<folder>/case.<column>": {case: (subject, value)}}, {key: SUBJECTS | NO_SUBJECTS})`` from every
+    ``cases.csv`` (numeric cells)."""
     out: dict = {}
+    units: dict = {}
     for rel, files in _walk(root):
         if CASES_FILE not in files:
             continue
@@ -182,7 +188,8 @@ def case_metrics(root: str) -> dict:
                 if key not in ("case", "subject") and number(value) is not None:
                     name = f"{rel}/case.{key}" if rel else f"case.{key}"
                     out.setdefault(name, {})[row["case"]] = (row.get("subject") or row["case"], float(value))
-    return out
+                    units[name] = SUBJECTS if "subject" in row else NO_SUBJECTS
+    return out, units
 
 
 def val_subjects(root: str) -> list | None:
@@ -235,8 +242,9 @@ def read_run(path: str) -> Run:
     steps = drop_replayed(_read_jsonl(os.path.join(path, STEP_METRICS), "step"), "step", strict=True)
     epochs = merge_epochs(drop_replayed(_read_jsonl(os.path.join(path, EPOCH_METRICS), "epoch"), "epoch",
                                         strict=False))
-    cases = case_metrics(path)
+    cases, case_units = case_metrics(path)
     final = {**final_metrics(path, epochs),
              **{k: statistics.fmean(v for _, v in table.values()) for k, table in cases.items()}}
     return Run(path=path, config=flatten(config), steps=steps, epochs=epochs, final=final,
-               images=sample_images(path), cost=run_cost(steps), cases=cases, val_subjects=val_subjects(path))
+               images=sample_images(path), cost=run_cost(steps), cases=cases,
+               case_units=case_units, val_subjects=val_subjects(path))
