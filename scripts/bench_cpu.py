@@ -81,8 +81,8 @@ BENCH_HELP = dict(
     warmup="untimed warm-up rounds",
     check_steps="optimizer steps from the same weights before the losses are compared",
     tolerance="largest relative loss difference from the baseline that counts as the same result",
-    side_by_side="processes training at once, one thread each, in the side-by-side figures of the two memory "
-                 "formats (1 = none)",
+    side_by_side="processes training at once, one thread each, in the side-by-side figures of the memory "
+                 "formats that --channels_last selects (1 = none)",
     side_by_side_steps="training steps each side-by-side process times per round",
     gd_batch="batch size of the guided-diffusion UNet step (BEA 8, segmentation 24 at the cpu scale)",
     sr_batch="batch size of the SR denoiser step",
@@ -347,9 +347,10 @@ def _round_step_s(name: str, channels_last: bool, argv: list, n: int) -> float:
 
 
 def bench_side_by_side(name: str, args, argv: list) -> list[dict]:
-    """The module docstring's side-by-side figures of family ``name`` (default vs channels_last weights)."""
-    calls = {fmt: (lambda cl=cl: _round_step_s(name, cl, argv, args.side_by_side))
-             for fmt, cl in (("default", False), ("channels_last", True))}
+    """The module docstring's side-by-side figures of family ``name`` (default vs channels_last weights; the
+    default format alone with ``--channels_last False``)."""
+    formats = (("default", False), ("channels_last", True))[:2 if args.channels_last else 1]
+    calls = {fmt: (lambda cl=cl: _round_step_s(name, cl, argv, args.side_by_side)) for fmt, cl in formats}
     ratios, medians = paired_ratios(calls, "default", args.rounds, warmup=0, self_timed=True)
     records = []
     for fmt in calls:

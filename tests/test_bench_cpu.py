@@ -47,6 +47,11 @@ def test_side_by_side_times_both_formats_in_processes_at_once(run_script, capsys
         assert set(r) == SIDE_BY_SIDE_KEYS and r["processes"] == 2 and r["rounds"] == 2
         assert r["value"] > 0 and r["median_step_s"] > 0
     assert side[0]["value"] == 1.0
+    # without channels_last only the default format is timed side by side
+    assert run_script("bench_cpu", *SMALLEST, "--families", "gd", "--threads", "1", "--compile", "False",
+                      "--channels_last", "False", "--side_by_side", "2", "--side_by_side_steps", "1",
+                      "--rounds", "1") == 0
+    assert [r["variant"] for r in _records(capsys) if r["figure"] == "train_step_side_by_side"] == ["default"]
 
 
 def test_bad_flags_get_one_line(run_script, capsys):
