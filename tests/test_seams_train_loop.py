@@ -24,9 +24,9 @@ from tests.gd_tiny import TINY_DIFFUSION, TINY_MODEL, batches, close_logger, end
 STEPS = 4
 
 
-def _losses_from_csv(run_dir):
+def _losses_from_csv(run_dir, column="loss"):
     with open(os.path.join(run_dir, "progress.csv")) as f:
-        return [float(row["loss"]) for row in csv.DictReader(f)]
+        return [float(row[column]) for row in csv.DictReader(f)]
 
 
 def _upstream_run(run_dir):
@@ -51,6 +51,9 @@ def test_no_plugin_equals_upstream_bit_for_bit(gd_dist, tmp_path):
     close_logger()
     assert _losses_from_csv(tmp_path / "seam") == _losses_from_csv(tmp_path / "upstream")
     assert len(_losses_from_csv(tmp_path / "seam")) == STEPS
+    for norm in ("grad_norm", "param_norm"):  # fused reductions: the same norms up to float summation order
+        assert _losses_from_csv(tmp_path / "seam", norm) == pytest.approx(
+            _losses_from_csv(tmp_path / "upstream", norm), rel=1e-5)
     for (name, a), b in zip(upstream.model.state_dict().items(), seam.model.state_dict().values()):
         assert torch.equal(a, b), name
     for a, b in zip(upstream.ema_params[0], seam.ema_params[0]):
@@ -177,6 +180,7 @@ def test_grad_clip_and_bf16_run(gd_dist, tmp_path):
     close_logger()
     records = read_jsonl(str(tmp_path / "clip" / "metrics_step.jsonl"))
     assert len(records) == 2 and all(r["loss"] is not None and r["step_time_s"] > 0 for r in records)
+    assert all(r["grad_norm"] > 1e-3 for r in records)  # logged before clipping
 
 
 class _Payload:

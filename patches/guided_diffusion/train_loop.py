@@ -19,6 +19,9 @@
 - ``ema_warmup``: the EMA decay follows diffusers' warm-up schedule (:mod:`patches.ema`) instead of
   upstream's constant rate, so the EMA means something after a few thousand steps;
 - ``grad_clip > 0``: clip the total gradient norm before the optimizer step;
+- without fp16 the step's checks and logged norms come from fused reductions synced once
+  (``_step_norms``) instead of upstream's two ``.item()`` per parameter; the logged ``grad_norm`` is the
+  total before clipping (upstream's is after), ``param_norm`` unchanged;
 - ``use_bf16``: the forward and loss under ``torch.autocast(dtype=bfloat16)``;
 - DDP over gloo on the CPU when the world has more than one rank (upstream
   only synchronises gradients on CUDA);
@@ -373,21 +376,38 @@ class SeamTrainLoop(TrainLoop):
                 torch._foreach_mul_(params, rate)
                 torch._foreach_add_(params, self.mp_trainer.master_params, alpha=1 - rate)
 
-    def _step_finite(self) -> bool:
-        """Clip (if asked); True when this step's losses and total gradient norm are finite (one sync)."""
-        check = torch.stack(self.mp_trainer.losses).sum()
-        grads = [p.grad for p in self.mp_trainer.master_params if p.grad is not None]
-        if grads:
-            if self.grad_clip:
-                norm = torch.nn.utils.clip_grad_norm_(self.mp_trainer.master_params, self.grad_clip)
+    def _step_norms(self) -> tuple[bool, float, float]:
+        """Clip (if asked); ``(finite, grad_norm, param_norm)`` in one sync: finite when this step's losses and
+        total gradient norm are; grad_norm = ||all grads||_2 before clipping, param_norm = ||all params||_2."""
+        params = self.mp_trainer.master_params
+        grads = [p.grad for p in params if p.grad is not None]
+        with torch.no_grad():
+            loss = torch.stack(self.mp_trainer.losses).sum().float()
+            if not grads:
+                grad_norm = torch.zeros((), device=loss.device)
+            elif self.grad_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             else:
-                norm = torch.nn.utils.get_total_norm(grads)
-            check = check + norm.to(check.device)
-        return bool(torch.isfinite(check))
+                grad_norm = torch.nn.utils.get_total_norm(grads)
+            param_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params)))
+            loss, grad_norm, param_norm = torch.stack([loss, grad_norm.float().to(loss.device),
+                                                       param_norm.float().to(loss.device)]).tolist()
+        return bool(np.isfinite(loss + grad_norm)), grad_norm, param_norm
 
     def run_step(self, batch, cond):
         self.forward_backward(batch, cond)
-        if not self.use_fp16 and not self._step_finite():
+        if self.use_fp16:  # upstream's loss-scale skipping and norms
+            if self.mp_trainer.optimize(self.opt):
+                self._update_ema()
+        else:
+            self._guarded_step()
+        self._anneal_lr()
+        self.log_step()
+
+    def _guarded_step(self):
+        """Skip a non-finite step (count it; stop after ``max_consecutive_skips``), else step the optimizer."""
+        finite, grad_norm, param_norm = self._step_norms()
+        if not finite:
             self.mp_trainer.zero_grad()
             self.skipped_steps += 1
             self.consecutive_skips += 1
@@ -398,9 +418,9 @@ class SeamTrainLoop(TrainLoop):
                 raise NonFiniteLossError(
                     f"stopped at step {self._total_steps()}: {self.consecutive_skips} consecutive steps had a "
                     "non-finite loss or gradient (lower --lr, enable --grad_clip, or check the data)")
-        else:
+        else:  # upstream's MixedPrecisionTrainer._optimize_normal, its norms from _step_norms
             self.consecutive_skips = 0
-            if self.mp_trainer.optimize(self.opt):
-                self._update_ema()
-        self._anneal_lr()
-        self.log_step()
+            logger.logkv_mean("grad_norm", grad_norm)
+            logger.logkv_mean("param_norm", param_norm)
+            self.opt.step()
+            self._update_ema()
