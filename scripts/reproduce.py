@@ -5,6 +5,7 @@ write its compare_runs report, and an index page with one verdict line per claim
     python scripts/reproduce.py --scale cpu                # hours on a 2-core CPU: every baseline learns its task
     python scripts/reproduce.py --scale default --seeds 3  # the seeds' sizes, meant for a GPU
     python scripts/reproduce.py --scale cpu --only sr      # a subset of: bea, autoencoder, segmentation, sr, backbones
+    python scripts/reproduce.py --scale default --only bea --seeds 1 --extra_flags 'bea_train=--max_steps 1500'
 
 Steps that do not depend on each other run at once (--jobs, one per core on a CPU). Resumable: run the same
 command again and finished steps are skipped, interrupted runs continue from their last checkpoint; one
@@ -17,7 +18,7 @@ import os
 import sys
 
 from plugins.common.errors import InputError, run_main
-from plugins.reproduce import COMPARISONS, DEFAULT_SEEDS, SCALES, Context, reproduce
+from plugins.reproduce import COMPARISONS, DEFAULT_SEEDS, SCALES, Context, parse_extra_flags, reproduce
 from plugins.reproduce.jobs import Job, run_jobs
 
 DEMO_KINDS = {"brats": "brats/name_mapping.csv", "filaments": "filaments/images", "sr": "sr/meta.json"}
@@ -41,6 +42,10 @@ def parse(argv):
     parser.add_argument("--jobs", type=int, default=0,
                         help="steps run at once, each a process with --threads threads (0: one per CPU core at the "
                              "quick and cpu scales, 1 at the default scale, whose steps each fill a GPU)")
+    parser.add_argument("--extra_flags", action="append", default=[], metavar="SETTING=FLAGS",
+                        help="flags appended to one of the scale's flag lists, so they override its own (e.g. "
+                             "'bea_train=--max_steps 1500' to fit a time budget); repeatable; the folder records them "
+                             "and refuses other extra flags; listed on the reports' scale line")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples when not enumerated")
     return parser.parse_args(argv)
 
@@ -64,7 +69,8 @@ def main(argv=None):
     workers = args.jobs or (1 if args.scale == "default" else len(os.sched_getaffinity(0)))
     seeds = args.seeds or DEFAULT_SEEDS[args.scale]
     root = os.path.abspath(args.out_dir or os.path.join("reports", f"reproduce_{args.scale}"))
-    ctx = Context(root=root, data_dir=os.path.abspath(args.data_dir), scale=args.scale, seeds=list(range(seeds)))
+    ctx = Context(root=root, data_dir=os.path.abspath(args.data_dir), scale=args.scale, seeds=list(range(seeds)),
+                  extra_flags=parse_extra_flags(args.extra_flags, args.scale))
     ensure_demo_data(ctx.data_dir, root, args.threads, workers)
     index = reproduce(ctx, keys, threads=args.threads, workers=workers, resamples=args.resamples)
     print(f"\nreport: {index}")

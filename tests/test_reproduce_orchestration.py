@@ -9,7 +9,7 @@ import pytest
 
 from plugins.common.errors import InputError, run_main
 from plugins.report.runs import Run
-from plugins.reproduce import COMPARISONS, Context, check_scale, reproduce
+from plugins.reproduce import COMPARISONS, Context, check_scale, parse_extra_flags, reproduce, scale_note
 from plugins.reproduce.claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, UNTESTABLE, Check, Gate,
                                       check_line, claim_verdict, decide, evaluate_check, evaluate_gate, gate_line)
 from plugins.reproduce.jobs import Job, check_order, dependents, folder_lock, run_jobs
@@ -174,6 +174,48 @@ def test_a_different_scale_is_refused_and_a_failed_step_names_its_log(reproducti
         reproduce(broken, ["bea"])
     assert not os.path.exists(root / "broken" / "done" / "bea__bea_mse_s0__train")
     assert not os.path.exists(root / "broken" / "verdicts.json")  # nothing finished: no verdicts, no index
+
+
+def test_extra_flags_follow_the_scale_and_bind_the_folder(reproduction, tmp_path):
+    """--extra_flags land after the scale's flags and before each arm's own, so they override the scale and the arms
+    stay what they are; they are on the scale line; a folder refuses steps under other extra flags."""
+    extra = parse_extra_flags(["bea_train=--max_steps 7 --lr 1e-3", "bea_train=--log_interval 3",
+                               "bea_fpdm=--t_stride 5"], "cpu")
+    assert extra == {"bea_train": ["--max_steps", "7", "--lr", "1e-3", "--log_interval", "3"],
+                     "bea_fpdm": ["--t_stride", "5"]}
+    ctx = Context(root=str(tmp_path), data_dir="data/demo", scale="cpu", seeds=[0], extra_flags=extra)
+    jobs, _ = COMPARISONS["bea"].plan(ctx)
+
+    def last(args, flag):
+        return args[max(i for i, a in enumerate(args) if a == flag) + 1]
+    trains = {j.name: j.args for j in jobs if j.name.endswith("/train")}
+    assert [last(a, "--max_steps") for a in trains.values()] == ["7"] * 3
+    assert {last(a, "--lr") for a in trains.values()} == {"1e-3"}
+    assert last(trains["bea/bea_mse_s0/train"], "--boundary_loss_weight") == "0"  # the arm's own flag still wins
+    assert all(last(j.args, "--t_stride") == "5" for j in jobs if j.name.endswith("/fpdm"))
+    assert "Extra flags: bea_train: --max_steps 7 --lr 1e-3 --log_interval 3; bea_fpdm: --t_stride 5." in scale_note(ctx)
+    _, root, _ = reproduction
+    with pytest.raises(InputError, match=r"ran with extra flags \(none\), not bea_train: --max_steps 7"):
+        check_scale(Context(root=str(root), data_dir="data/demo", scale="quick", extra_flags={"bea_train": ["--max_steps", "7"]}))
+    check_scale(ctx)
+    check_scale(ctx)  # the same extra flags resume
+    with pytest.raises(InputError, match=r"ran with extra flags bea_train: --max_steps 7 .*, not \(none\)"):
+        check_scale(Context(root=str(tmp_path), data_dir="data/demo", scale="cpu"))
+    legacy = tmp_path / "legacy"  # a folder from before --extra_flags: its steps ran with none
+    legacy.mkdir()
+    (legacy / "scale.json").write_text(json.dumps({"scale": "cpu"}))
+    check_scale(Context(root=str(legacy), data_dir="data/demo", scale="cpu"))
+
+
+@pytest.mark.parametrize("value", ["bea_train", "nope=--lr 1", "bea_train=  ", "seg_stage_steps=1 2 3",
+                                   "seg_sample=--num_ensemble 2"])
+def test_extra_flags_refuse_what_is_not_a_flag_list(value, load_script, capsys, tmp_path):
+    out = tmp_path / "out"
+    assert run_main(load_script("reproduce").main, ["--scale", "cpu", "--out_dir", str(out), "--extra_flags", value]) == 2
+    err = capsys.readouterr().err
+    assert f"--extra_flags: got {value!r}; expected SETTING=FLAGS with SETTING one of the cpu scale's flag lists " \
+           "(ae_train, backbones, bea_fpdm, bea_train, seg_train, sr_sample, sr_train, vae_train)" in err
+    assert not out.exists()
 
 
 def test_cli_refuses_unknown_comparisons_and_negative_counts(load_script, capsys):

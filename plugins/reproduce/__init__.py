@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 from plugins.common.errors import InputError
 from plugins.common.run_log import write_json_atomic
 from plugins.report import compare, read_groups, terminal_summary, write_report
 from plugins.reproduce.claims import (check_line, claim_verdict, evaluate_check, evaluate_gate, evaluate_reported,
                                       gate_line, reported_line)
-from plugins.reproduce.comparisons import COMPARISONS, DEFAULT_SEEDS, SCALES, Context
+from plugins.reproduce.comparisons import COMPARISONS, DEFAULT_SEEDS, SCALES, Context, parse_extra_flags
 from plugins.reproduce.index import write_index
 from plugins.reproduce.jobs import Job, JobFailed, folder_lock, is_done, job_seconds, run_jobs
 
-__all__ = ["COMPARISONS", "DEFAULT_SEEDS", "SCALES", "Context", "Job", "JobFailed", "check_scale", "reproduce"]
+__all__ = ["COMPARISONS", "DEFAULT_SEEDS", "SCALES", "Context", "Job", "JobFailed", "check_scale", "parse_extra_flags",
+           "reproduce"]
 
 SCALE_FILE = "scale.json"
 #: Comparisons whose steps are queued first: the backbone benchmark is one long step (every backbone trained in
@@ -30,22 +32,32 @@ START_FIRST = ("backbones",)
 
 
 def check_scale(ctx: Context) -> None:
-    """Refuse to resume a folder that another scale produced; record the scale of a new one."""
+    """Refuse to resume a folder that another scale or other extra flags produced (its finished steps ran under
+    them); record the scale and extra flags of a new one."""
     path = os.path.join(ctx.root, SCALE_FILE)
+    record = {"scale": ctx.scale, "extra_flags": ctx.extra_flags}
     if os.path.exists(path):
         with open(path) as f:
-            saved = json.load(f).get("scale")
-        if saved != ctx.scale:
-            raise InputError(f"{path}: this folder holds a {saved!r} reproduction; --out_dir another folder "
+            saved = {"extra_flags": {}, **json.load(f)}
+        if saved["scale"] != ctx.scale:
+            raise InputError(f"{path}: this folder holds a {saved['scale']!r} reproduction; --out_dir another folder "
                              f"for the {ctx.scale!r} scale")
+        if saved["extra_flags"] != ctx.extra_flags:
+            raise InputError(f"{path}: this folder's steps ran with extra flags {extra_note(saved['extra_flags'])}, "
+                             f"not {extra_note(ctx.extra_flags)}; --out_dir another folder")
     os.makedirs(ctx.root, exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"scale": ctx.scale}, f)
+        json.dump(record, f)
+
+
+def extra_note(extra_flags: dict) -> str:
+    return "; ".join(f"{key}: {shlex.join(flags)}" for key, flags in extra_flags.items()) or "(none)"
 
 
 def scale_note(ctx: Context) -> str:
     capped = "".join(f"; {key}: {', '.join(map(str, ctx.seeds_of(key)))}" for key in ctx.settings["max_seeds"])
-    return f"Scale: {ctx.scale} scale: {SCALES[ctx.scale]}. Seeds: {', '.join(map(str, ctx.seeds))}{capped}."
+    extra = f" Extra flags: {extra_note(ctx.extra_flags)}." if ctx.extra_flags else ""
+    return f"Scale: {ctx.scale} scale: {SCALES[ctx.scale]}. Seeds: {', '.join(map(str, ctx.seeds))}{capped}.{extra}"
 
 
 def report_comparison(ctx: Context, key: str, jobs: list[Job], runs: dict, resamples: int = 10_000) -> dict:
@@ -107,7 +119,8 @@ def reproduce(ctx: Context, keys: list[str], threads: int = 1, workers: int = 1,
             entries[key] = report_comparison(ctx, key, *plans[key], resamples)
         if finished:
             ordered = [entries[k] for k in COMPARISONS if k in entries]
-            write_json_atomic(path, {"scale": ctx.scale, "seeds": ctx.seeds, "comparisons": ordered}, indent=2)
+            write_json_atomic(path, {"scale": ctx.scale, "extra_flags": ctx.extra_flags, "seeds": ctx.seeds,
+                                     "comparisons": ordered}, indent=2)
             write_index(ctx.root, ordered, scale_note(ctx))
     if failure is not None:
         raise failure

@@ -13,11 +13,13 @@ competence gate on the embedded data: each comparison alone about an hour at mos
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 
 import yaml
 
 from plugins.backbones.registry import TINY_BACKBONES, TINY_SEED_RATIO_BACKBONES
+from plugins.common.errors import InputError
 from plugins.reproduce.claims import Check, Gate, Reported
 from plugins.reproduce.jobs import Job
 
@@ -141,6 +143,21 @@ SETTINGS = {
 }
 
 
+def parse_extra_flags(values: list[str], scale: str) -> dict:
+    """``["SETTING=FLAGS", ...]`` -> ``{SETTING: shlex.split(FLAGS)}`` for the scale's flag lists (a setting named
+    twice gets both); refuses other settings with one line."""
+    lists = sorted(key for key, value in SETTINGS[scale].items()
+                   if isinstance(value, list) and all(isinstance(flag, str) for flag in value))
+    extra = {}
+    for value in values:
+        key, sep, flags = value.partition("=")
+        if not sep or key not in lists or not flags.strip():
+            raise InputError(f"--extra_flags: got {value!r}; expected SETTING=FLAGS with SETTING one of the "
+                             f"{scale} scale's flag lists ({', '.join(lists)})")
+        extra[key] = [*extra.get(key, []), *shlex.split(flags)]
+    return extra
+
+
 @dataclass
 class Context:
     root: str  # the reproduction folder: runs/, logs/, done/, one report folder per comparison
@@ -148,10 +165,12 @@ class Context:
     scale: str
     seeds: list = field(default_factory=lambda: [0])
     overrides: dict = field(default_factory=dict)  # SETTINGS entries replaced (e.g. by tests)
+    extra_flags: dict = field(default_factory=dict)  # {setting: [flag, ...]} appended to the scale's (--extra_flags)
 
     @property
     def settings(self) -> dict:
-        return {**SETTINGS[self.scale], **self.overrides}
+        settings = {**SETTINGS[self.scale], **self.overrides}
+        return {**settings, **{key: [*settings[key], *flags] for key, flags in self.extra_flags.items()}}
 
     def seeds_of(self, comparison: str, variant: str | None = None) -> list:
         """The seeds ``comparison`` (its ``variant``) runs: the first ``max_seeds["<comparison>/<variant>"]``, else
