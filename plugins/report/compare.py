@@ -23,8 +23,9 @@ from __future__ import annotations
 import math
 
 from plugins.report.config_diff import config_diff
-from plugins.report.runs import NO_SUBJECTS, SUBJECTS, Run
-from plugins.report.stats import COVERS_SEEDS, bootstrap_ci, deltas, excludes_zero, summarize, two_level_ci
+from plugins.report.runs import Run
+from plugins.report.stats import (COVERS_SEEDS, NO_SUBJECTS, SUBJECTS, bootstrap_ci, deltas, excludes_zero, summarize,
+                                  two_level_ci)
 
 
 def run_label(name: str, run: Run, runs: list[Run]) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from plugins.common.errors import InputError
 from plugins.common.run_log import CASES_FILE, CONFIG_FILE, EPOCH_METRICS, STEP_METRICS, read_case_table
+from plugins.report.stats import NO_SUBJECTS, SUBJECTS
 
 RESULT_FILES = ("metrics.json", "summary.json")
 SKIP_FOLDERS = {"tb", "tensorboard", "checkpoints", "logs", "__pycache__"}
@@ -40,8 +41,6 @@ NOT_CURVES = {"step", "epoch", "samples", "lr", "step_time_s", "peak_mem_mb"}
 #: Result-file keys that count progress rather than measure anything.
 COUNTERS = {"step", "epoch", "global_step", "seed"}
 QUARTILE = re.compile(r"_q\d$")
-#: What a per-case table's cases are grouped by, for an interval's ``covers`` label.
-SUBJECTS, NO_SUBJECTS = "subjects", "no subject column"
 
 
 @dataclass

@@ -39,6 +39,8 @@ MIN_SEEDS = 3
 COVERS_SEEDS = "seeds"
 COVERS_BOTH = "seeds and cases ({unit})"
 COVERS_CASES = "cases ({unit}) only; fewer than 3 seeds, so the seeds are held fixed"
+#: What a per-case table's cases are grouped by, for an interval's ``covers`` label.
+SUBJECTS, NO_SUBJECTS = "subjects", "no subject column"
 
 
 @dataclass
@@ -111,7 +113,7 @@ def excludes_zero(ci) -> bool:
 
 
 def two_level_ci(base: dict | None, variant: dict, reference: float = 0.0, resamples: int = 10_000, seed: int = 0,
-                 level: float = LEVEL, unit: str = "subjects"):
+                 level: float = LEVEL, unit: str = SUBJECTS):
     """``(interval, covers, n_cases)`` of the paired difference over seeds and cases; ``(None, reason, n)`` if none.
 
     ``base``/``variant``: ``{seed: {case: (subject, value)}}``; ``base`` None compares with ``reference``.
