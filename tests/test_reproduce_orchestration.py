@@ -178,7 +178,7 @@ def test_a_different_scale_is_refused_and_a_failed_step_names_its_log(reproducti
 
 def test_extra_flags_follow_the_scale_and_bind_the_folder(reproduction, tmp_path):
     """--extra_flags land after the scale's flags and before each arm's own, so they override the scale and the arms
-    stay what they are; they are on the scale line; a folder refuses steps under other extra flags."""
+    stay what they are; they are on the scale line; a folder refuses steps under other extra flags or data."""
     extra = parse_extra_flags(["bea_train=--max_steps 7 --lr 1e-3", "bea_train=--log_interval 3",
                                "bea_fpdm=--t_stride 5"], "cpu")
     assert extra == {"bea_train": ["--max_steps", "7", "--lr", "1e-3", "--log_interval", "3"],
@@ -194,17 +194,21 @@ def test_extra_flags_follow_the_scale_and_bind_the_folder(reproduction, tmp_path
     assert last(trains["bea/bea_mse_s0/train"], "--boundary_loss_weight") == "0"  # the arm's own flag still wins
     assert all(last(j.args, "--t_stride") == "5" for j in jobs if j.name.endswith("/fpdm"))
     assert "Extra flags: bea_train: --max_steps 7 --lr 1e-3 --log_interval 3; bea_fpdm: --t_stride 5." in scale_note(ctx)
-    _, root, _ = reproduction
+    quick, root, _ = reproduction
     with pytest.raises(InputError, match=r"ran with extra flags \(none\), not bea_train: --max_steps 7"):
-        check_scale(Context(root=str(root), data_dir="data/demo", scale="quick", extra_flags={"bea_train": ["--max_steps", "7"]}))
+        check_scale(Context(root=str(root), data_dir=quick.data_dir, scale="quick",
+                            extra_flags={"bea_train": ["--max_steps", "7"]}))
     check_scale(ctx)
     check_scale(ctx)  # the same extra flags resume
     with pytest.raises(InputError, match=r"ran with extra flags bea_train: --max_steps 7 .*, not \(none\)"):
         check_scale(Context(root=str(tmp_path), data_dir="data/demo", scale="cpu"))
-    legacy = tmp_path / "legacy"  # a folder from before --extra_flags: its steps ran with none
+    with pytest.raises(InputError, match=r"steps read --data_dir data/demo, not other/data; --out_dir another folder"):
+        check_scale(Context(root=str(tmp_path), data_dir="other/data", scale="cpu", extra_flags=extra))
+    legacy = tmp_path / "legacy"  # a folder from before the data folder and extra flags were recorded
     legacy.mkdir()
     (legacy / "scale.json").write_text(json.dumps({"scale": "cpu"}))
     check_scale(Context(root=str(legacy), data_dir="data/demo", scale="cpu"))
+    assert json.loads((legacy / "scale.json").read_text()) == {"scale": "cpu", "data_dir": "data/demo", "extra_flags": {}}
 
 
 @pytest.mark.parametrize("value", ["bea_train", "nope=--lr 1", "bea_train=  ", "seg_stage_steps=1 2 3",

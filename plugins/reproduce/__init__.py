@@ -32,16 +32,19 @@ START_FIRST = ("backbones",)
 
 
 def check_scale(ctx: Context) -> None:
-    """Refuse to resume a folder that another scale or other extra flags produced (its finished steps ran under
-    them); record the scale and extra flags of a new one."""
+    """Refuse to resume a folder whose finished steps ran under another scale, data folder or extra flags (they
+    would be reused, mixing runs); record them for a new folder."""
     path = os.path.join(ctx.root, SCALE_FILE)
-    record = {"scale": ctx.scale, "extra_flags": ctx.extra_flags}
+    record = {"scale": ctx.scale, "data_dir": ctx.data_dir, "extra_flags": ctx.extra_flags}
     if os.path.exists(path):
-        with open(path) as f:
-            saved = {"extra_flags": {}, **json.load(f)}
+        with open(path) as f:  # folders from before data_dir and extra_flags were recorded: their steps ran with none
+            saved = {**record, "extra_flags": {}, **json.load(f)}
         if saved["scale"] != ctx.scale:
             raise InputError(f"{path}: this folder holds a {saved['scale']!r} reproduction; --out_dir another folder "
                              f"for the {ctx.scale!r} scale")
+        if saved["data_dir"] != ctx.data_dir:
+            raise InputError(f"{path}: this folder's steps read --data_dir {saved['data_dir']}, not {ctx.data_dir}; "
+                             f"--out_dir another folder")
         if saved["extra_flags"] != ctx.extra_flags:
             raise InputError(f"{path}: this folder's steps ran with extra flags {extra_note(saved['extra_flags'])}, "
                              f"not {extra_note(ctx.extra_flags)}; --out_dir another folder")
