@@ -18,7 +18,7 @@ import os
 import sys
 
 from plugins.common.errors import InputError, run_main
-from plugins.reproduce import COMPARISONS, DEFAULT_SEEDS, SCALES, Context, parse_extra_flags, reproduce
+from plugins.reproduce import COMPARISONS, DEFAULT_SEEDS, SCALES, Context, check_scale, parse_extra_flags, reproduce
 from plugins.reproduce.jobs import Job, run_jobs
 
 DEMO_KINDS = {"brats": "brats/name_mapping.csv", "filaments": "filaments/images", "sr": "sr/meta.json"}
@@ -71,6 +71,7 @@ def main(argv=None):
     root = os.path.abspath(args.out_dir or os.path.join("reports", f"reproduce_{args.scale}"))
     ctx = Context(root=root, data_dir=os.path.abspath(args.data_dir), scale=args.scale, seeds=list(range(seeds)),
                   extra_flags=parse_extra_flags(args.extra_flags, args.scale))
+    check_scale(ctx)  # before the demo data are built into this folder's logs (reproduce checks again, locked)
     ensure_demo_data(ctx.data_dir, root, args.threads, workers)
     index = reproduce(ctx, keys, threads=args.threads, workers=workers, resamples=args.resamples)
     print(f"\nreport: {index}")

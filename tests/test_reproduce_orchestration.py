@@ -211,15 +211,28 @@ def test_extra_flags_follow_the_scale_and_bind_the_folder(reproduction, tmp_path
     assert json.loads((legacy / "scale.json").read_text()) == {"scale": "cpu", "data_dir": "data/demo", "extra_flags": {}}
 
 
-@pytest.mark.parametrize("value", ["bea_train", "nope=--lr 1", "bea_train=  ", "seg_stage_steps=1 2 3",
-                                   "seg_sample=--num_ensemble 2"])
-def test_extra_flags_refuse_what_is_not_a_flag_list(value, load_script, capsys, tmp_path):
+NOT_A_LIST = ("; expected SETTING=FLAGS with SETTING one of the cpu scale's flag lists (ae_train, backbones, bea_fpdm, "
+              "bea_train, seg_train, sr_sample, sr_train, vae_train)")
+
+
+@pytest.mark.parametrize("value, why", [
+    *((v, NOT_A_LIST) for v in ("bea_train", "nope=--lr 1", "bea_train=  ", "seg_stage_steps=1 2 3",
+                                "seg_sample=--num_ensemble 2")),
+    ("bea_train=--lr '1e-3", "; its FLAGS do not split as a shell would")])
+def test_extra_flags_refuse_what_is_not_a_flag_list(value, why, load_script, capsys, tmp_path):
     out = tmp_path / "out"
     assert run_main(load_script("reproduce").main, ["--scale", "cpu", "--out_dir", str(out), "--extra_flags", value]) == 2
-    err = capsys.readouterr().err
-    assert f"--extra_flags: got {value!r}; expected SETTING=FLAGS with SETTING one of the cpu scale's flag lists " \
-           "(ae_train, backbones, bea_fpdm, bea_train, seg_train, sr_sample, sr_train, vae_train)" in err
+    assert f"--extra_flags: got {value!r}{why}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_refuses_another_data_folder_before_building_it(reproduction, load_script, capsys, tmp_path):
+    _, root, _ = reproduction
+    other = tmp_path / "other_data"
+    assert run_main(load_script("reproduce").main, ["--scale", "quick", "--out_dir", str(root), "--only", "bea",
+                                                    "--data_dir", str(other)]) == 2
+    assert "this folder's steps read --data_dir" in capsys.readouterr().err
+    assert not other.exists()
 
 
 def test_cli_refuses_unknown_comparisons_and_negative_counts(load_script, capsys):

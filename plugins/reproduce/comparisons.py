@@ -151,10 +151,14 @@ def parse_extra_flags(values: list[str], scale: str) -> dict:
     extra = {}
     for value in values:
         key, sep, flags = value.partition("=")
-        if not sep or key not in lists or not flags.strip():
+        try:
+            split = shlex.split(flags)
+        except ValueError as err:  # an unclosed quote
+            raise InputError(f"--extra_flags: got {value!r}; its FLAGS do not split as a shell would: {err}") from err
+        if not sep or key not in lists or not split:
             raise InputError(f"--extra_flags: got {value!r}; expected SETTING=FLAGS with SETTING one of the "
                              f"{scale} scale's flag lists ({', '.join(lists)})")
-        extra[key] = [*extra.get(key, []), *shlex.split(flags)]
+        extra[key] = [*extra.get(key, []), *split]
     return extra
 
 
