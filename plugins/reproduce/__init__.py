@@ -49,8 +49,7 @@ def check_scale(ctx: Context) -> None:
             raise InputError(f"{path}: this folder's steps ran with extra flags {extra_note(saved['extra_flags'])}, "
                              f"not {extra_note(ctx.extra_flags)}; --out_dir another folder")
     os.makedirs(ctx.root, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f)
+    write_json_atomic(path, record)  # main checks outside the folder lock: a reader never sees half a file
 
 
 def extra_note(extra_flags: dict) -> str:
